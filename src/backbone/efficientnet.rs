@@ -1,0 +1,400 @@
+//! EfficientNet feature extractor (the paper's SNN) that exposes every stage's output.
+//!
+//! Two interchangeable execution paths share one set of weights:
+//! - [`BackboneMode::Fast`]: batch norm folded into the convolutions at load time,
+//!   pointwise convolutions as one matrix product, depthwise convolutions by
+//!   [`super::depthwise`] on the CPU, activations fused where the kernel allows.
+//! - [`BackboneMode::Reference`]: the plain candle formulation (grouped `conv2d`,
+//!   batch norm as separate ops). Kept for tests and the benchmark's comparison.
+use super::config::{BlockSpec, EfficientNetConfig, Family, Padding};
+use super::depthwise::{Activation, DepthwiseConv, DepthwiseOp};
+use crate::error::{Error, Result};
+use candle_core::{D, DType, Device, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackboneMode {
+    #[default]
+    Fast,
+    Reference,
+}
+
+#[derive(Debug, Clone)]
+struct BatchNorm {
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    var: Tensor,
+}
+
+/// A convolution without bias followed by batch norm, kept raw and folded.
+#[derive(Debug, Clone)]
+struct ConvBn {
+    weight: Tensor,
+    bn: BatchNorm,
+    folded_w: Tensor,
+    folded_b: Tensor,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    /// CPU depthwise kernel (fast path), when this is a depthwise convolution on CPU.
+    dw: Option<DepthwiseConv>,
+}
+
+#[derive(Debug, Clone)]
+struct Se {
+    reduce_w: Tensor,
+    reduce_b: Tensor,
+    expand_w: Tensor,
+    expand_b: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    spec: BlockSpec,
+    expand: Option<ConvBn>,
+    dw: ConvBn,
+    se: Option<Se>,
+    project: ConvBn,
+}
+
+pub struct EfficientNet {
+    cfg: EfficientNetConfig,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    head: Option<ConvBn>,
+    classifier: Option<(Tensor, Tensor)>,
+    act: Activation,
+    mode: BackboneMode,
+    device: Device,
+}
+
+fn get(t: &HashMap<String, Tensor>, name: &str, device: &Device) -> Result<Tensor> {
+    t.get(name)
+        .ok_or_else(|| Error::Data(format!("backbone weights lack tensor '{name}'")))?
+        .to_dtype(DType::F32)?
+        .to_device(device)
+        .map_err(Error::from)
+}
+
+fn load_bn(t: &HashMap<String, Tensor>, p: &str, dev: &Device) -> Result<BatchNorm> {
+    Ok(BatchNorm {
+        gamma: get(t, &format!("{p}.weight"), dev)?,
+        beta: get(t, &format!("{p}.bias"), dev)?,
+        mean: get(t, &format!("{p}.running_mean"), dev)?,
+        var: get(t, &format!("{p}.running_var"), dev)?,
+    })
+}
+
+/// TensorFlow "SAME" (or symmetric) padding: (before, after) for one axis.
+pub fn pad_amounts(padding: Padding, input: usize, k: usize, s: usize) -> (usize, usize) {
+    match padding {
+        Padding::Same => {
+            let out = input.div_ceil(s);
+            let total = ((out - 1) * s + k).saturating_sub(input);
+            (total / 2, total - total / 2)
+        }
+        Padding::Symmetric => ((k - 1) / 2, (k - 1) / 2),
+    }
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        t: &HashMap<String, Tensor>,
+        p: &str,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        eps: f64,
+        act: Activation,
+        dev: &Device,
+    ) -> Result<Self> {
+        let weight = get(t, &format!("{p}.conv.weight"), dev)?;
+        let bn = load_bn(t, &format!("{p}.bn"), dev)?;
+        let (co, ci, kh, kw) = weight.dims4()?;
+        if kh != kernel || kw != kernel || (groups > 1 && ci != 1) || (groups == 1 && ci == 0) {
+            return Err(Error::Data(format!(
+                "backbone weights: '{p}.conv.weight' has shape {:?}, the architecture expects a {kernel}x{kernel} kernel",
+                weight.dims()
+            )));
+        }
+        let scale = (&bn.gamma / (bn.var.clone() + eps)?.sqrt()?)?;
+        let folded_w = weight.broadcast_mul(&scale.reshape((co, 1, 1, 1))?)?;
+        let folded_b = (&bn.beta - (&bn.mean * &scale)?)?;
+        let dw = if groups > 1 && dev.is_cpu() {
+            Some(DepthwiseConv {
+                weight: Arc::new(folded_w.flatten_all()?.to_vec1::<f32>()?),
+                bias: Arc::new(folded_b.to_vec1::<f32>()?),
+                channels: co,
+                kernel,
+                stride,
+                pad: (0, 0),
+                activation: act,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bn,
+            folded_w,
+            folded_b,
+            kernel,
+            stride,
+            groups,
+            dw,
+        })
+    }
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::None => x.clone(),
+        Activation::Relu6 => x.clamp(0f32, 6f32)?,
+        Activation::Silu => candle_nn::ops::silu(x)?,
+    })
+}
+
+impl EfficientNet {
+    /// Builds the network from canonical tensors (see [`super::import`]).
+    pub fn from_tensors(
+        cfg: EfficientNetConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+        mode: BackboneMode,
+    ) -> Result<Self> {
+        let eps = cfg.bn_eps;
+        let act = match cfg.family {
+            Family::Lite => Activation::Relu6,
+            Family::B => Activation::Silu,
+        };
+        let stem = ConvBn::load(tensors, "stem", 3, 2, 1, eps, act, device)?;
+        let mut blocks = Vec::new();
+        for (i, spec) in cfg.blocks().into_iter().enumerate() {
+            let p = format!("blocks.{i}");
+            let mid = spec.cin * spec.expand;
+            let expand = if spec.expand != 1 {
+                Some(ConvBn::load(tensors, &format!("{p}.expand"), 1, 1, 1, eps, act, device)?)
+            } else {
+                None
+            };
+            let dw = ConvBn::load(
+                tensors,
+                &format!("{p}.dw"),
+                spec.kernel,
+                spec.stride,
+                mid,
+                eps,
+                act,
+                device,
+            )?;
+            let se = match spec.se {
+                Some(_) => Some(Se {
+                    reduce_w: get(tensors, &format!("{p}.se.reduce.weight"), device)?,
+                    reduce_b: get(tensors, &format!("{p}.se.reduce.bias"), device)?,
+                    expand_w: get(tensors, &format!("{p}.se.expand.weight"), device)?,
+                    expand_b: get(tensors, &format!("{p}.se.expand.bias"), device)?,
+                }),
+                None => None,
+            };
+            let project = ConvBn::load(
+                tensors,
+                &format!("{p}.project"),
+                1,
+                1,
+                1,
+                eps,
+                Activation::None,
+                device,
+            )?;
+            if project.weight.dim(0)? != spec.cout || dw.weight.dim(0)? != mid {
+                return Err(Error::Data(format!(
+                    "backbone weights do not fit {}: block {i} has {} output channels, expected {}",
+                    cfg.variant,
+                    project.weight.dim(0)?,
+                    spec.cout
+                )));
+            }
+            blocks.push(Block {
+                spec,
+                expand,
+                dw,
+                se,
+                project,
+            });
+        }
+        let head = if tensors.contains_key("head.conv.weight") {
+            Some(ConvBn::load(tensors, "head", 1, 1, 1, eps, act, device)?)
+        } else {
+            None
+        };
+        let classifier = match (tensors.get("classifier.weight"), tensors.get("classifier.bias")) {
+            (Some(_), Some(_)) => Some((
+                get(tensors, "classifier.weight", device)?,
+                get(tensors, "classifier.bias", device)?,
+            )),
+            _ => None,
+        };
+        Ok(Self {
+            cfg,
+            stem,
+            blocks,
+            head,
+            classifier,
+            act,
+            mode,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &EfficientNetConfig {
+        &self.cfg
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn mode(&self) -> BackboneMode {
+        self.mode
+    }
+    pub fn set_mode(&mut self, mode: BackboneMode) {
+        self.mode = mode;
+    }
+
+    fn pad_input(&self, x: &Tensor, k: usize, s: usize) -> Result<(Tensor, (usize, usize))> {
+        let (_, _, h, w) = x.dims4()?;
+        let (t, b) = pad_amounts(self.cfg.padding, h, k, s);
+        let (l, r) = pad_amounts(self.cfg.padding, w, k, s);
+        let x = if t + b > 0 || l + r > 0 {
+            x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?
+        } else {
+            x.clone()
+        };
+        Ok((x, (t, l)))
+    }
+
+    fn bn_ref(&self, x: &Tensor, bn: &BatchNorm) -> Result<Tensor> {
+        let c = bn.gamma.dim(0)?;
+        let sh = (1, c, 1, 1);
+        let x = x.broadcast_sub(&bn.mean.reshape(sh)?)?;
+        let denom = (bn.var.clone() + self.cfg.bn_eps)?.sqrt()?;
+        let x = x.broadcast_div(&denom.reshape(sh)?)?;
+        Ok(x.broadcast_mul(&bn.gamma.reshape(sh)?)?
+            .broadcast_add(&bn.beta.reshape(sh)?)?)
+    }
+
+    /// k x k convolution (stem or depthwise) with batch norm and activation.
+    fn conv_bn(&self, x: &Tensor, c: &ConvBn, act: Activation) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        match (self.mode, &c.dw) {
+            (BackboneMode::Fast, Some(dw)) => {
+                let (t, b) = pad_amounts(self.cfg.padding, h, c.kernel, c.stride);
+                let (l, r) = pad_amounts(self.cfg.padding, w, c.kernel, c.stride);
+                let mut dw = dw.clone();
+                dw.pad = (t, l);
+                let (oh, ow) = dw.out_hw(h, w, (t + b, l + r));
+                let x = x.contiguous()?;
+                Ok(x.apply_op1_no_bwd(&DepthwiseOp {
+                    conv: &dw,
+                    out_h: oh,
+                    out_w: ow,
+                })?)
+            }
+            (BackboneMode::Fast, None) => {
+                let (xp, _) = self.pad_input(x, c.kernel, c.stride)?;
+                let y = xp.conv2d(&c.folded_w, 0, c.stride, 1, c.groups)?;
+                let y = y.broadcast_add(&c.folded_b.reshape((1, (), 1, 1))?)?;
+                activate(&y, act)
+            }
+            (BackboneMode::Reference, _) => {
+                let (xp, _) = self.pad_input(x, c.kernel, c.stride)?;
+                let y = xp.conv2d(&c.weight, 0, c.stride, 1, c.groups)?;
+                activate(&self.bn_ref(&y, &c.bn)?, act)
+            }
+        }
+    }
+
+    /// 1x1 convolution with batch norm and activation.
+    fn pointwise(&self, x: &Tensor, c: &ConvBn, act: Activation) -> Result<Tensor> {
+        match self.mode {
+            BackboneMode::Fast => {
+                let (b, ci, h, w) = x.dims4()?;
+                let co = c.folded_w.dim(0)?;
+                let wmat = c.folded_w.reshape((co, ci))?;
+                let y = wmat
+                    .broadcast_matmul(&x.reshape((b, ci, h * w))?)?
+                    .broadcast_add(&c.folded_b.reshape((co, 1))?)?;
+                activate(&y.reshape((b, co, h, w))?, act)
+            }
+            BackboneMode::Reference => {
+                let y = x.conv2d(&c.weight, 0, 1, 1, 1)?;
+                activate(&self.bn_ref(&y, &c.bn)?, act)
+            }
+        }
+    }
+
+    fn block(&self, x: &Tensor, b: &Block) -> Result<Tensor> {
+        let mut h = match &b.expand {
+            Some(e) => self.pointwise(x, e, self.act)?,
+            None => x.clone(),
+        };
+        h = self.conv_bn(&h, &b.dw, self.act)?;
+        if let Some(se) = &b.se {
+            let s = h.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+            let s = s
+                .conv2d(&se.reduce_w, 0, 1, 1, 1)?
+                .broadcast_add(&se.reduce_b.reshape((1, (), 1, 1))?)?;
+            let s = candle_nn::ops::silu(&s)?;
+            let s = s
+                .conv2d(&se.expand_w, 0, 1, 1, 1)?
+                .broadcast_add(&se.expand_b.reshape((1, (), 1, 1))?)?;
+            h = h.broadcast_mul(&candle_nn::ops::sigmoid(&s)?)?;
+        }
+        h = self.pointwise(&h, &b.project, Activation::None)?;
+        if b.spec.stride == 1 && b.spec.cin == b.spec.cout {
+            h = (h + x)?;
+        }
+        Ok(h)
+    }
+
+    /// Runs the network up to `last_stage` (1..=7) on a normalised `[B, 3, H, W]`
+    /// batch and returns the output of every stage up to it, stage 1 first.
+    pub fn forward_stages(&self, x: &Tensor, last_stage: usize) -> Result<Vec<Tensor>> {
+        super::config::check_stage(last_stage)?;
+        let mut h = self.conv_bn(x, &self.stem, self.act)?;
+        let mut outs = Vec::with_capacity(last_stage);
+        for (i, b) in self.blocks.iter().enumerate() {
+            if b.spec.stage > last_stage {
+                break;
+            }
+            h = self.block(&h, b)?;
+            let last_of_stage = self
+                .blocks
+                .get(i + 1)
+                .map(|n| n.spec.stage != b.spec.stage)
+                .unwrap_or(true);
+            if last_of_stage {
+                outs.push(h.clone());
+            }
+        }
+        Ok(outs)
+    }
+
+    /// ImageNet logits `[B, 1000]`, when the weights include the head and classifier.
+    pub fn forward_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let (head, (fw, fb)) = match (&self.head, &self.classifier) {
+            (Some(h), Some(c)) => (h, c),
+            _ => {
+                return Err(Error::Data(
+                    "these backbone weights have no classifier head".into(),
+                ));
+            }
+        };
+        let feats = self.forward_stages(x, 7)?;
+        let last = feats.last().ok_or_else(|| Error::Data("no stages".into()))?;
+        let h = self.pointwise(last, head, self.act)?;
+        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
+        Ok(pooled.matmul(&fw.t()?)?.broadcast_add(fb)?)
+    }
+}

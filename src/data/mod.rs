@@ -1,0 +1,6 @@
+//! Data: image decoding, masks and dataset layouts.
+pub mod dataset;
+pub mod image_io;
+
+pub use dataset::{Sample, list_images, test_samples, training_images};
+pub use image_io::{load_image, load_mask, to_input};
