@@ -165,6 +165,18 @@ impl EfficientNet {
         device: &Device,
         mode: BackboneMode,
     ) -> Result<Self> {
+        Self::from_tensors_upto(cfg, tensors, device, mode, 7)
+    }
+
+    /// Like [`Self::from_tensors`], building only the stages up to `max_stage` (a
+    /// feature extractor does not need the rest, nor their weights).
+    pub fn from_tensors_upto(
+        cfg: EfficientNetConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+        mode: BackboneMode,
+        max_stage: usize,
+    ) -> Result<Self> {
         let eps = cfg.bn_eps;
         let act = match cfg.family {
             Family::Lite => Activation::Relu6,
@@ -173,6 +185,9 @@ impl EfficientNet {
         let stem = ConvBn::load(tensors, "stem", 3, 2, 1, eps, act, device)?;
         let mut blocks = Vec::new();
         for (i, spec) in cfg.blocks().into_iter().enumerate() {
+            if spec.stage > max_stage {
+                break;
+            }
             let p = format!("blocks.{i}");
             let mid = spec.cin * spec.expand;
             let expand = if spec.expand != 1 {
@@ -225,7 +240,7 @@ impl EfficientNet {
                 project,
             });
         }
-        let head = if tensors.contains_key("head.conv.weight") {
+        let head = if max_stage == 7 && tensors.contains_key("head.conv.weight") {
             Some(ConvBn::load(tensors, "head", 1, 1, 1, eps, act, device)?)
         } else {
             None
@@ -260,6 +275,42 @@ impl EfficientNet {
     }
     pub fn set_mode(&mut self, mode: BackboneMode) {
         self.mode = mode;
+    }
+
+    /// The canonical tensors this network was built from, for the stages it has.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        let mut m = HashMap::new();
+        let mut put_cb = |p: &str, c: &ConvBn| {
+            m.insert(format!("{p}.conv.weight"), c.weight.clone());
+            m.insert(format!("{p}.bn.weight"), c.bn.gamma.clone());
+            m.insert(format!("{p}.bn.bias"), c.bn.beta.clone());
+            m.insert(format!("{p}.bn.running_mean"), c.bn.mean.clone());
+            m.insert(format!("{p}.bn.running_var"), c.bn.var.clone());
+        };
+        put_cb("stem", &self.stem);
+        for (i, b) in self.blocks.iter().enumerate() {
+            if let Some(e) = &b.expand {
+                put_cb(&format!("blocks.{i}.expand"), e);
+            }
+            put_cb(&format!("blocks.{i}.dw"), &b.dw);
+            put_cb(&format!("blocks.{i}.project"), &b.project);
+        }
+        if let Some(h) = &self.head {
+            put_cb("head", h);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if let Some(se) = &b.se {
+                m.insert(format!("blocks.{i}.se.reduce.weight"), se.reduce_w.clone());
+                m.insert(format!("blocks.{i}.se.reduce.bias"), se.reduce_b.clone());
+                m.insert(format!("blocks.{i}.se.expand.weight"), se.expand_w.clone());
+                m.insert(format!("blocks.{i}.se.expand.bias"), se.expand_b.clone());
+            }
+        }
+        if let Some((w, b)) = &self.classifier {
+            m.insert("classifier.weight".into(), w.clone());
+            m.insert("classifier.bias".into(), b.clone());
+        }
+        m
     }
 
     fn pad_input(&self, x: &Tensor, k: usize, s: usize) -> Result<(Tensor, (usize, usize))> {
@@ -362,6 +413,12 @@ impl EfficientNet {
     /// batch and returns the output of every stage up to it, stage 1 first.
     pub fn forward_stages(&self, x: &Tensor, last_stage: usize) -> Result<Vec<Tensor>> {
         super::config::check_stage(last_stage)?;
+        if self.blocks.last().is_some_and(|b| b.spec.stage < last_stage) {
+            return Err(Error::Config(format!(
+                "this backbone was loaded up to stage {}, stage {last_stage} was asked for",
+                self.blocks.last().map(|b| b.spec.stage).unwrap_or(0)
+            )));
+        }
         let mut h = self.conv_bn(x, &self.stem, self.act)?;
         let mut outs = Vec::with_capacity(last_stage);
         for (i, b) in self.blocks.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and one function per subcommand.
 mod import;
+mod inspect;
+mod progress;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,6 +17,12 @@ pub struct Cli {
 pub enum Command {
     /// Convert EfficientNet weights (.pth legacy/zip, safetensors) to flowspect's canonical file.
     ImportWeights(import::ImportArgs),
+    /// Train a detector on good images.
+    Train(inspect::TrainArgs),
+    /// Score a labelled test set and print its metrics.
+    Eval(inspect::EvalArgs),
+    /// Score images: CSV of scores and verdicts, and a heatmap per image.
+    Predict(inspect::PredictArgs),
     /// Print the top ImageNet classes of a photo (checks a backbone file).
     Classify(import::ClassifyArgs),
 }
@@ -28,6 +36,9 @@ pub fn run() -> Result<()> {
             println!();
             Ok(())
         }
+        Some(Command::Train(a)) => inspect::train(a),
+        Some(Command::Eval(a)) => inspect::eval(a),
+        Some(Command::Predict(a)) => inspect::predict(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),
     }

@@ -65,6 +65,21 @@ pub fn to_input(img: &DynamicImage, size: usize, norm: &Normalization) -> Vec<f3
     out
 }
 
+/// Resizes to `width` x `height` (no aspect constraint) and normalises into a
+/// `[3, height, width]` f32 vector.
+pub fn to_input_wh(img: &DynamicImage, width: usize, height: usize, norm: &Normalization) -> Vec<f32> {
+    let rgb = img.to_rgb8();
+    let resized = image::imageops::resize(&rgb, width as u32, height as u32, FilterType::Triangle);
+    let n = width * height;
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = (p.0[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+        }
+    }
+    out
+}
+
 /// Stacks prepared inputs into a `[B, 3, size, size]` tensor.
 pub fn batch_tensor(inputs: &[Vec<f32>], size: usize, device: &Device) -> Result<Tensor> {
     let flat: Vec<f32> = inputs.iter().flat_map(|v| v.iter().copied()).collect();

@@ -1,0 +1,269 @@
+//! `train`, `eval` and `predict`.
+use super::progress::CliProgress;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use flowspect::backbone::{self, BackboneMode};
+use flowspect::data;
+use flowspect::detector::{Detector, Method};
+use flowspect::device::{self, DeviceChoice};
+use flowspect::evaluate;
+use flowspect::models::nfbmr::{NfBmrConfig, ScoreKind};
+use flowspect::progress::CancelToken;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Good images: an MVTec category folder (uses train/good), a folder with good/, or a plain folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "nf-bmr")]
+    pub method: Method,
+    /// Input side length in pixels.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Backbone stage(s) to tap, comma-separated (1..7).
+    #[arg(long, value_delimiter = ',')]
+    pub stage: Option<Vec<usize>>,
+    /// Maximum epochs of each training phase (flow, then BMR); early stopping may end sooner.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Hidden width of the BMR mapping networks.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Hidden width of the flow's couplings.
+    #[arg(long)]
+    pub flow_hidden: Option<usize>,
+    /// Image score: map-max, flow-nll or fused.
+    #[arg(long)]
+    pub score: Option<ScoreKind>,
+    /// Use at most this many training images (evenly spaced), for quick runs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Backbone weights (default: the shipped EfficientNet-Lite0).
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Model file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn config_from(a: &TrainArgs) -> NfBmrConfig {
+    let mut cfg = NfBmrConfig::default();
+    if let Some(s) = a.image_size {
+        cfg.tap.image_size = s;
+    }
+    if let Some(s) = &a.stage {
+        cfg.tap.stages = s.clone();
+    }
+    if let Some(e) = a.epochs {
+        cfg.flow_optim.epochs = e;
+        cfg.bmr_optim.epochs = e;
+    }
+    if let Some(h) = a.hidden {
+        cfg.bmr.hidden = h;
+        cfg.bmr.bottleneck = (h / 4).max(1);
+    }
+    if let Some(h) = a.flow_hidden {
+        cfg.flow.hidden = h;
+    }
+    if let Some(s) = a.score {
+        cfg.score = s;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    cfg
+}
+
+/// Evenly spaced subset of at most `n` items.
+pub fn spread<T: Clone>(v: &[T], n: Option<usize>) -> Vec<T> {
+    match n {
+        Some(n) if n < v.len() && n > 0 => (0..n).map(|i| v[i * v.len() / n].clone()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let dev = a.device.open()?;
+    let files = spread(&data::training_images(&a.data)?, a.limit);
+    let bb_path = a.backbone.clone().unwrap_or_else(backbone::default_backbone_path);
+    let net = backbone::load(&bb_path, &dev, BackboneMode::Fast)
+        .with_context(|| format!("loading backbone {}", bb_path.display()))?;
+    let cfg = config_from(&a);
+    for &s in &cfg.tap.stages {
+        backbone::config::check_stage(s)?;
+    }
+    eprintln!(
+        "training {} on {} images from {} ({} stage {:?}, {} px, device {})",
+        a.method,
+        files.len(),
+        a.data.display(),
+        net.config().variant,
+        cfg.tap.stages,
+        cfg.tap.image_size,
+        device::describe(&dev)
+    );
+    let progress = CliProgress::new();
+    let det = Detector::train(a.method, net, &bb_path, cfg, &files, &progress, &CancelToken::new())?;
+    progress.finish();
+    det.save(&a.out)?;
+    let r = &det.meta.training;
+    println!(
+        "trained on {} images ({} held out, {} skipped) in {:.1} s (features {:.1} s, flow {} epochs {:.1} s, bmr {} epochs {:.1} s)",
+        r.n_train,
+        r.n_val,
+        r.skipped.len(),
+        r.total_seconds,
+        r.feature_seconds,
+        r.flow.train_loss.len(),
+        r.flow.seconds,
+        r.bmr.train_loss.len(),
+        r.bmr.seconds
+    );
+    for (p, why) in &r.skipped {
+        println!("skipped {}: {why}", p.display());
+    }
+    println!("threshold {:.5}; model written to {}", det.meta.threshold, a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Test images: an MVTec category folder (uses test/ and ground_truth/), or a folder with good/ and defect folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Write the metrics (and per-image scores) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use at most this many test images (evenly spaced), for quick runs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Override the image score kind stored in the model.
+    #[arg(long)]
+    pub score: Option<ScoreKind>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "n/a".into())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let dev = a.device.open()?;
+    let mut det = Detector::load(&a.model, &dev)?;
+    if let Some(s) = a.score {
+        det.model.cfg.score = s;
+    }
+    let samples = spread(&data::test_samples(&a.data)?, a.limit);
+    if samples.iter().all(|s| s.defect.is_none()) {
+        bail!("{}: no labels found (expected test/good and defect folders); use `predict` for unlabeled images", a.data.display());
+    }
+    let progress = CliProgress::new();
+    let (rep, _) = evaluate::evaluate(&det, &samples, &progress, &CancelToken::new())?;
+    progress.finish();
+    println!("images: {} good, {} defect, {} skipped", rep.n_good, rep.n_defect, rep.skipped.len());
+    for (p, why) in &rep.skipped {
+        println!("skipped {}: {why}", p.display());
+    }
+    if rep.n_without_mask > 0 {
+        println!("{} defect images have no mask and are left out of the pixel metrics", rep.n_without_mask);
+    }
+    println!("image AUROC  {}", fmt(rep.image_auroc));
+    println!("pixel AUROC  {}", fmt(rep.pixel_auroc));
+    println!("AUPRO@0.3    {}", fmt(rep.aupro));
+    println!("F1-max       {} at threshold {}", fmt(rep.f1_max), rep.threshold.map(|t| format!("{t:.5}")).unwrap_or("n/a".into()));
+    println!(
+        "  image AUROC of map max {}, of flow NLL {}, fused {}",
+        fmt(rep.auroc_map_max),
+        fmt(rep.auroc_flow),
+        fmt(rep.auroc_fused)
+    );
+    for (k, v) in &rep.auroc_by_kind {
+        println!("  {k:>12}: image AUROC {v:.4}");
+    }
+    let c = &rep.confusion;
+    println!(
+        "at the model threshold {:.5}: TP {} FP {} TN {} FN {}; precision {:.3} recall {:.3}",
+        rep.model_threshold, c.tp, c.fp, c.tn, c.fn_, rep.precision, rep.recall
+    );
+    println!("scoring took {:.1} s ({:.0} ms per image)", rep.seconds, rep.ms_per_image);
+    if let Some(j) = &a.json {
+        let s = serde_json::to_vec_pretty(&rep)?;
+        flowspect::fsutil::atomic_write(j, &s)?;
+        println!("metrics written to {}", j.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An image file or a folder of images.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output folder: scores.csv and one heatmap PNG per image.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override the model's threshold.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let dev = a.device.open()?;
+    let det = Detector::load(&a.model, &dev)?;
+    let threshold = a.threshold.unwrap_or(det.meta.threshold);
+    let paths: Vec<PathBuf> = if a.input.is_file() {
+        vec![a.input.clone()]
+    } else {
+        let p = data::list_images(&a.input)?;
+        if p.is_empty() {
+            bail!("{}: no images found", a.input.display());
+        }
+        p
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let progress = CliProgress::new();
+    let (scored, skipped) = det.score_paths(&paths, &progress, &CancelToken::new())?;
+    progress.finish();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["path", "score", "verdict", "heatmap"])?;
+    let mut rejects = 0;
+    for s in &scored {
+        let verdict = if s.score >= threshold { "reject" } else { "accept" };
+        rejects += (verdict == "reject") as usize;
+        let stem = s.path.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+        let heat = a.out.join(format!("{stem}_heatmap.png"));
+        let img = data::load_image(&s.path)?;
+        let over = flowspect::render::overlay(&img, &s.map_at_original(), det.meta.pixel_threshold * 2.0, 0.5);
+        let mut buf = std::io::Cursor::new(Vec::new());
+        over.write_to(&mut buf, image::ImageFormat::Png)?;
+        flowspect::fsutil::atomic_write(&heat, buf.get_ref())?;
+        w.write_record([s.path.display().to_string(), format!("{:.6}", s.score), verdict.into(), heat.display().to_string()])?;
+    }
+    for (p, why) in &skipped {
+        w.write_record([p.display().to_string(), String::new(), "error".into(), why.clone()])?;
+        println!("skipped {}: {why}", p.display());
+    }
+    let csv_path = a.out.join("scores.csv");
+    flowspect::fsutil::atomic_write(&csv_path, &w.into_inner()?)?;
+    println!(
+        "{} images scored: {} reject, {} accept, {} skipped (threshold {threshold:.5}); {}",
+        scored.len(),
+        rejects,
+        scored.len() - rejects,
+        skipped.len(),
+        csv_path.display()
+    );
+    Ok(())
+}

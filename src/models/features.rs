@@ -1,0 +1,170 @@
+//! Turning images into backbone features: decoding and resizing on a thread pool,
+//! the frozen backbone, and the feature tap (one or more stages, brought to the
+//! finest tapped resolution and concatenated), returned channels-last `[h, w, C]`.
+use crate::backbone::{EfficientNet, config::STAGE_STRIDE};
+use crate::data::{image_io, load_image};
+use crate::error::{Error, Result};
+use crate::progress::{CancelToken, Progress, ProgressSink};
+use candle_core::{D, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureTap {
+    /// Input side length; images are resized to a square of this size.
+    pub image_size: usize,
+    /// Backbone stages (1..=7) whose outputs are used.
+    pub stages: Vec<usize>,
+    /// Reflection padding added around the input, in feature cells of the finest
+    /// tapped stage, and cropped off the features again: positions near the border then
+    /// see image content instead of the backbone's zero padding.
+    #[serde(default)]
+    pub reflect_cells: usize,
+}
+
+impl FeatureTap {
+    pub fn stride(&self) -> usize {
+        self.stages.iter().map(|&s| STAGE_STRIDE[s - 1]).min().unwrap_or(16)
+    }
+    pub fn grid(&self) -> usize {
+        self.image_size.div_ceil(self.stride())
+    }
+    /// Reflection padding in input pixels.
+    pub fn pad_pixels(&self) -> usize {
+        self.reflect_cells * self.stride()
+    }
+}
+
+/// Pads `[B, C, H, W]` by `p` on every side, mirroring the image (without repeating
+/// the edge pixel).
+pub fn reflect_pad(x: &Tensor, p: usize) -> Result<Tensor> {
+    if p == 0 {
+        return Ok(x.clone());
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let p = p.min(h - 1).min(w - 1);
+    let idx = |n: usize| -> Vec<u32> {
+        (0..n + 2 * p)
+            .map(|i| {
+                let j = i as isize - p as isize;
+                let j = if j < 0 { -j } else if j >= n as isize { 2 * (n as isize - 1) - j } else { j };
+                j as u32
+            })
+            .collect()
+    };
+    let ih = Tensor::from_vec(idx(h), h + 2 * p, x.device())?;
+    let iw = Tensor::from_vec(idx(w), w + 2 * p, x.device())?;
+    Ok(x.index_select(&ih, 2)?.index_select(&iw, 3)?)
+}
+
+/// An image's features, with its original size.
+pub struct ImageFeatures {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// `[h, w, C]`.
+    pub features: Tensor,
+}
+
+/// `[B, 3, S, S]` -> `[B, h, w, C]` of the tapped stages.
+pub fn extract(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<Tensor> {
+    let last = *tap
+        .stages
+        .iter()
+        .max()
+        .ok_or_else(|| Error::Config("no feature stage chosen".into()))?;
+    let x = reflect_pad(x, tap.pad_pixels())?;
+    let outs = net.forward_stages(&x, last)?;
+    let mut picked: Vec<Tensor> = tap.stages.iter().map(|&s| outs[s - 1].clone()).collect();
+    let (h, w) = picked
+        .iter()
+        .map(|t| (t.dim(2).unwrap_or(0), t.dim(3).unwrap_or(0)))
+        .max()
+        .unwrap_or((0, 0));
+    for t in picked.iter_mut() {
+        if t.dim(2)? != h {
+            *t = t.upsample_nearest2d(h, w)?;
+        }
+    }
+    let f = if picked.len() == 1 {
+        picked.remove(0)
+    } else {
+        Tensor::cat(&picked, 1)?
+    };
+    let f = if tap.reflect_cells > 0 {
+        let g = tap.grid();
+        f.narrow(2, tap.reflect_cells, g)?.narrow(3, tap.reflect_cells, g)?
+    } else {
+        f
+    };
+    Ok(f.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// Decodes, resizes and runs the backbone over `paths` in batches. Files that cannot
+/// be read are reported through `progress` and skipped; the rest are returned.
+pub fn extract_paths(
+    net: &EfficientNet,
+    tap: &FeatureTap,
+    paths: &[PathBuf],
+    batch: usize,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<(Vec<ImageFeatures>, Vec<(PathBuf, String)>)> {
+    let norm = net.config().normalization;
+    let mut out = Vec::with_capacity(paths.len());
+    let mut skipped = Vec::new();
+    let mut done = 0;
+    for chunk in paths.chunks(batch.max(1)) {
+        cancel.check()?;
+        let decoded: Vec<(PathBuf, Result<(u32, u32, Vec<f32>)>)> = chunk
+            .par_iter()
+            .map(|p| {
+                let r = load_image(p).map(|img| {
+                    (img.width(), img.height(), image_io::to_input(&img, tap.image_size, &norm))
+                });
+                (p.clone(), r)
+            })
+            .collect();
+        let mut ok = Vec::new();
+        for (p, r) in decoded {
+            match r {
+                Ok(v) => ok.push((p, v)),
+                Err(e) => {
+                    progress.report(Progress::Skipped { message: e.to_string() });
+                    skipped.push((p, e.to_string()));
+                }
+            }
+        }
+        if !ok.is_empty() {
+            let inputs: Vec<Vec<f32>> = ok.iter().map(|(_, v)| v.2.clone()).collect();
+            let x = image_io::batch_tensor(&inputs, tap.image_size, net.device())?;
+            let f = extract(net, tap, &x)?;
+            for (i, (p, (w, h, _))) in ok.into_iter().enumerate() {
+                out.push(ImageFeatures {
+                    path: p,
+                    width: w,
+                    height: h,
+                    features: f.get(i)?,
+                });
+            }
+        }
+        done += chunk.len();
+        progress.report(Progress::Step { done });
+    }
+    Ok((out, skipped))
+}
+
+/// Per-channel mean and standard deviation of `[h, w, C]` feature maps.
+pub fn channel_stats(feats: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let c = feats.first().map(|t| t.dim(D::Minus1)).transpose()?.unwrap_or(0);
+    let flat: Vec<Tensor> = feats.iter().map(|t| t.reshape(((), c))).collect::<candle_core::Result<_>>()?;
+    let all = Tensor::cat(&flat, 0)?;
+    let mean = all.mean(0)?;
+    let var = all.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+    Ok((mean, (var + 1e-6)?.sqrt()?))
+}
+
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,6 @@
+//! The networks trained on good images and the detectors built from them.
+pub mod bmr;
+pub mod features;
+pub mod flow;
+pub mod nfbmr;
+pub mod training;

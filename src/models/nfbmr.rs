@@ -1,0 +1,488 @@
+//! NF-BMR (Zhang et al., CMC 78(2), 2024): frozen EfficientNet features Y, a Real-NVP
+//! flow (TNF) mapping Y to Z ~ N(0, I), and a bidirectional mapping residual network
+//! (BMR) trained to map Y -> Z and Z -> Y on good images only. On a defect the
+//! mappings disagree with the flow; the anomaly map is equation 14,
+//! `(|y - SMNN(z)|^2 + |z - TMNN(y)|^2) / 2` per feature position.
+//!
+//! Choices where the paper leaves room, each an option:
+//! - features are standardised per channel with statistics of the training images
+//!   before the flow (the flow then starts from unit-scale inputs);
+//! - the flow's couplings are per position (1x1), the BMR blocks carry the 3x3 context;
+//! - the map is bilinearly upsampled to the input size and Gaussian-smoothed
+//!   (sigma 4 px, as in anomalib), and the image score is its maximum;
+//! - the flow's own score (per-position negative log-likelihood, smoothed the same way,
+//!   maximum) is computed too, and a fused score adds both after standardising each
+//!   with the held-out good images' statistics;
+//! - a tenth of the good images is held out for early stopping and calibration.
+use super::bmr::{Bmr, BmrConfig};
+use super::features::{self, FeatureTap, ImageFeatures};
+use super::flow::{FlowConfig, RealNvp};
+use super::training::{self, History, OptimConfig};
+use crate::backbone::EfficientNet;
+use crate::error::{Error, Result};
+use crate::postprocess;
+use crate::progress::{CancelToken, Progress, ProgressSink};
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// Maximum of the smoothed BMR anomaly map.
+    #[default]
+    MapMax,
+    /// Maximum of the smoothed flow negative log-likelihood map.
+    FlowNll,
+    /// Sum of both, each standardised on held-out good images.
+    Fused,
+}
+
+impl std::str::FromStr for ScoreKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "map-max" | "map" => Ok(Self::MapMax),
+            "flow-nll" | "flow" => Ok(Self::FlowNll),
+            "fused" => Ok(Self::Fused),
+            _ => Err(Error::Config(format!("unknown score '{s}' (map-max, flow-nll, fused)"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NfBmrConfig {
+    pub tap: FeatureTap,
+    pub flow: FlowConfig,
+    pub bmr: BmrConfig,
+    pub flow_optim: OptimConfig,
+    pub bmr_optim: OptimConfig,
+    /// Fraction of the good images held out for early stopping and calibration.
+    pub val_fraction: f64,
+    /// Gaussian smoothing of the map, in input pixels.
+    pub smoothing_sigma: f32,
+    pub score: ScoreKind,
+    /// Normalise the map per position with the held-out good images' statistics:
+    /// `(map - mean) / scale`. Every input is resized to the same square, so a position
+    /// that is always high on good images (corners, tile edges) is not an anomaly.
+    #[serde(default)]
+    pub position_norm: bool,
+    pub seed: u64,
+}
+
+impl Default for NfBmrConfig {
+    fn default() -> Self {
+        Self {
+            tap: FeatureTap { image_size: 384, stages: vec![5], reflect_cells: 2 },
+            flow: FlowConfig::default(),
+            bmr: BmrConfig { hidden: 256, bottleneck: 64, blocks: 2 },
+            flow_optim: OptimConfig {
+                epochs: 20,
+                batch_size: 8,
+                lr: 2e-4,
+                weight_decay: 1e-5,
+                patience: 3,
+                min_delta: 1e-3,
+            },
+            bmr_optim: OptimConfig {
+                epochs: 30,
+                batch_size: 8,
+                lr: 3e-4,
+                weight_decay: 1e-5,
+                patience: 3,
+                min_delta: 1e-3,
+            },
+            val_fraction: 0.1,
+            smoothing_sigma: 4.0,
+            score: ScoreKind::MapMax,
+            position_norm: true,
+            seed: 42,
+        }
+    }
+}
+
+/// Statistics of held-out good images, for score fusion and default thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub map_mean: f32,
+    pub map_std: f32,
+    pub flow_mean: f32,
+    pub flow_std: f32,
+    /// Image scores (of the configured kind) of the held-out good images.
+    pub val_scores: Vec<f32>,
+    /// 99.9th percentile of held-out good pixels' map values.
+    pub pixel_p999: f32,
+    /// Per-position mean and spread of the held-out good images' smoothed maps at the
+    /// input resolution (empty when position normalisation is off).
+    #[serde(default)]
+    pub position_mean: Vec<f32>,
+    #[serde(default)]
+    pub position_scale: Vec<f32>,
+    #[serde(default)]
+    pub flow_position_mean: Vec<f32>,
+    #[serde(default)]
+    pub flow_position_scale: Vec<f32>,
+}
+
+/// One scored image.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// Smoothed anomaly map at the input resolution (`size x size`, row-major).
+    pub map: Vec<f32>,
+    /// The smoothed flow NLL map (kept only while calibrating; empty otherwise).
+    pub flow_map: Vec<f32>,
+    pub size: usize,
+    pub map_max: f32,
+    pub flow_max: f32,
+    /// The image score of the model's configured kind.
+    pub score: f32,
+}
+
+impl Scored {
+    /// The map resized to the original image size.
+    pub fn map_at_original(&self) -> Vec<f32> {
+        postprocess::resize_bilinear(&self.map, self.size, self.size, self.width as usize, self.height as usize)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub n_train: usize,
+    pub n_val: usize,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub feature_seconds: f64,
+    pub flow: History,
+    pub bmr: History,
+    pub total_seconds: f64,
+}
+
+pub struct NfBmr {
+    pub cfg: NfBmrConfig,
+    pub backbone: EfficientNet,
+    pub mean: Tensor,
+    pub std: Tensor,
+    pub flow: RealNvp,
+    pub bmr: Bmr,
+    pub flow_vars: VarMap,
+    pub bmr_vars: VarMap,
+    pub calibration: Calibration,
+}
+
+fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap, RealNvp, VarMap, Bmr)> {
+    let fv = VarMap::new();
+    let flow = RealNvp::new(VarBuilder::from_varmap(&fv, DType::F32, device), dim, &cfg.flow, true)?;
+    let bv = VarMap::new();
+    let bmr = Bmr::new(VarBuilder::from_varmap(&bv, DType::F32, device), dim, &cfg.bmr)?;
+    Ok((fv, flow, bv, bmr))
+}
+
+impl NfBmr {
+    /// Trains on good images. Unreadable files are skipped and listed in the report.
+    pub fn train(
+        backbone: EfficientNet,
+        cfg: NfBmrConfig,
+        files: &[PathBuf],
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<(Self, TrainReport)> {
+        let t0 = std::time::Instant::now();
+        let device = backbone.device().clone();
+        if files.is_empty() {
+            return Err(Error::Data("no training images".into()));
+        }
+        progress.report(Progress::Stage { name: "features".into(), total: files.len() });
+        let (feats, skipped) = features::extract_paths(&backbone, &cfg.tap, files, 8, progress, cancel)?;
+        if feats.len() < 2 {
+            return Err(Error::Data(format!(
+                "only {} readable training image(s) of {}; at least 2 are needed",
+                feats.len(),
+                files.len()
+            )));
+        }
+        let feature_seconds = t0.elapsed().as_secs_f64();
+        // Deterministic hold-out: every k-th image.
+        let n_val = ((feats.len() as f64 * cfg.val_fraction).round() as usize).min(feats.len() - 1);
+        let every = if n_val > 0 { feats.len() / n_val } else { usize::MAX };
+        let (mut tr, mut va): (Vec<&ImageFeatures>, Vec<&ImageFeatures>) = (Vec::new(), Vec::new());
+        for (i, f) in feats.iter().enumerate() {
+            if n_val > 0 && i % every == every - 1 && va.len() < n_val {
+                va.push(f)
+            } else {
+                tr.push(f)
+            }
+        }
+        let (mean, std) = features::channel_stats(&tr.iter().map(|f| &f.features).collect::<Vec<_>>())?;
+        let norm = |f: &ImageFeatures| -> Result<Tensor> {
+            Ok(f.features.broadcast_sub(&mean)?.broadcast_div(&std)?)
+        };
+        let ytr: Vec<Tensor> = tr.iter().map(|f| norm(f)).collect::<Result<_>>()?;
+        let yva: Vec<Tensor> = va.iter().map(|f| norm(f)).collect::<Result<_>>()?;
+        let dim = ytr[0].dim(D::Minus1)?;
+        let (fv, flow, bv, bmr) = build_nets(dim, &cfg, &device)?;
+
+        let stack = |set: &[Tensor], idx: &[usize]| -> Result<Tensor> {
+            let sel: Vec<&Tensor> = idx.iter().map(|&i| &set[i]).collect();
+            Ok(Tensor::stack(&sel, 0)?)
+        };
+        let flow_loss = |set: &[Tensor], idx: &[usize]| -> Result<Tensor> {
+            let y = stack(set, idx)?;
+            let y = y.reshape(((), dim))?;
+            let (z, ld) = flow.forward(&y)?;
+            Ok(RealNvp::nll(&z, &ld)?.mean_all()?)
+        };
+        let flow_hist = training::fit(
+            "flow",
+            &fv,
+            &cfg.flow_optim,
+            ytr.len(),
+            yva.len(),
+            cfg.seed,
+            &|b| flow_loss(&ytr, b),
+            &|b| flow_loss(&yva, b),
+            progress,
+            cancel,
+        )?;
+        // Targets of the mapping networks: the trained flow's Z, computed once.
+        let to_z = |y: &Tensor| -> Result<Tensor> {
+            let (h, w, c) = y.dims3()?;
+            let (z, _) = flow.forward(&y.reshape((h * w, c))?)?;
+            Ok(z.reshape((h, w, c))?.detach())
+        };
+        let ztr: Vec<Tensor> = ytr.iter().map(&to_z).collect::<Result<_>>()?;
+        let zva: Vec<Tensor> = yva.iter().map(&to_z).collect::<Result<_>>()?;
+        let bmr_loss = |ys: &[Tensor], zs: &[Tensor], idx: &[usize]| -> Result<Tensor> {
+            bmr.loss(&stack(ys, idx)?, &stack(zs, idx)?)
+        };
+        let bmr_hist = training::fit(
+            "bmr",
+            &bv,
+            &cfg.bmr_optim,
+            ytr.len(),
+            yva.len(),
+            cfg.seed + 1,
+            &|b| bmr_loss(&ytr, &ztr, b),
+            &|b| bmr_loss(&yva, &zva, b),
+            progress,
+            cancel,
+        )?;
+        let mut model = NfBmr {
+            cfg,
+            backbone,
+            mean,
+            std,
+            flow,
+            bmr,
+            flow_vars: fv,
+            bmr_vars: bv,
+            calibration: Calibration::default(),
+        };
+        // Calibration on the held-out good images (or training ones if none held out).
+        progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
+        let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
+        if model.cfg.position_norm {
+            let raw = model.score_features(&cal_set)?;
+            let (pm, ps) = position_stats(raw.iter().map(|s| &s.map));
+            let (fm, fs) = position_stats(raw.iter().map(|s| &s.flow_map));
+            model.calibration.position_mean = pm;
+            model.calibration.position_scale = ps;
+            model.calibration.flow_position_mean = fm;
+            model.calibration.flow_position_scale = fs;
+        }
+        let cal = model.score_features(&cal_set)?;
+        let positions = std::mem::take(&mut model.calibration);
+        model.calibration = calibrate(&cal, model.cfg.score);
+        model.calibration.position_mean = positions.position_mean;
+        model.calibration.position_scale = positions.position_scale;
+        model.calibration.flow_position_mean = positions.flow_position_mean;
+        model.calibration.flow_position_scale = positions.flow_position_scale;
+        let report = TrainReport {
+            n_train: tr.len(),
+            n_val: va.len(),
+            skipped,
+            feature_seconds,
+            flow: flow_hist,
+            bmr: bmr_hist,
+            total_seconds: t0.elapsed().as_secs_f64(),
+        };
+        Ok((model, report))
+    }
+
+    /// Raw per-position maps `[B, h, w]` (BMR map, flow NLL) of standardised features.
+    fn raw_maps(&self, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, h, w, c) = y.dims4()?;
+        let (z, ld) = self.flow.forward(&y.reshape((b * h * w, c))?)?;
+        let nll = RealNvp::nll(&z, &ld)?.reshape((b, h, w))?;
+        let z = z.reshape((b, h, w, c))?;
+        Ok((self.bmr.anomaly_map(y, &z)?, nll))
+    }
+
+    fn smooth(&self, m: &[f32], grid: usize) -> Vec<f32> {
+        let s = self.cfg.tap.image_size;
+        let up = postprocess::resize_bilinear(m, grid, grid, s, s);
+        postprocess::gaussian_blur(&up, s, s, self.cfg.smoothing_sigma)
+    }
+
+    /// Scores images whose features are already extracted.
+    pub fn score_features(&self, feats: &[&ImageFeatures]) -> Result<Vec<Scored>> {
+        let mut out = Vec::with_capacity(feats.len());
+        for chunk in feats.chunks(8) {
+            let ys: Vec<Tensor> = chunk
+                .iter()
+                .map(|f| Ok(f.features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?))
+                .collect::<Result<_>>()?;
+            let y = Tensor::stack(&ys, 0)?;
+            let (map, nll) = self.raw_maps(&y)?;
+            let (_, h, w) = map.dims3()?;
+            let map = map.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+            let nll = nll.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+            for (i, f) in chunk.iter().enumerate() {
+                let m = map.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+                let n = nll.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+                debug_assert_eq!(h, w);
+                let mut sm = self.smooth(&m, h);
+                let mut sn = self.smooth(&n, h);
+                let cal = &self.calibration;
+                if self.cfg.position_norm && cal.position_mean.len() == sm.len() {
+                    for ((v, mu), sc) in sm.iter_mut().zip(&cal.position_mean).zip(&cal.position_scale) {
+                        *v = (*v - mu) / sc;
+                    }
+                }
+                if self.cfg.position_norm && cal.flow_position_mean.len() == sn.len() {
+                    for ((v, mu), sc) in sn.iter_mut().zip(&cal.flow_position_mean).zip(&cal.flow_position_scale) {
+                        *v = (*v - mu) / sc;
+                    }
+                }
+                let map_max = sm.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let flow_max = sn.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                out.push(Scored {
+                    path: f.path.clone(),
+                    width: f.width,
+                    height: f.height,
+                    flow_map: if self.cfg.position_norm && self.calibration.position_mean.is_empty() { sn } else { Vec::new() },
+                    map: sm,
+                    size: self.cfg.tap.image_size,
+                    map_max,
+                    flow_max,
+                    score: 0.0,
+                });
+            }
+        }
+        let cal = &self.calibration;
+        for s in out.iter_mut() {
+            s.score = image_score(self.cfg.score, s.map_max, s.flow_max, cal);
+        }
+        Ok(out)
+    }
+
+    /// Decodes and scores image files; unreadable ones come back as errors naming the file.
+    pub fn score_paths(
+        &self,
+        paths: &[PathBuf],
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<(Vec<Scored>, Vec<(PathBuf, String)>)> {
+        let mut scored = Vec::with_capacity(paths.len());
+        let mut skipped = Vec::new();
+        let mut done = 0;
+        progress.report(Progress::Stage { name: "scoring".into(), total: paths.len() });
+        for chunk in paths.chunks(16) {
+            cancel.check()?;
+            let (f, s) = features::extract_paths(
+                &self.backbone,
+                &self.cfg.tap,
+                chunk,
+                8,
+                &crate::progress::NoProgress,
+                cancel,
+            )?;
+            for (p, msg) in &s {
+                progress.report(Progress::Skipped { message: msg.clone() });
+                skipped.push((p.clone(), msg.clone()));
+            }
+            scored.extend(self.score_features(&f.iter().collect::<Vec<_>>())?);
+            done += chunk.len();
+            progress.report(Progress::Step { done });
+        }
+        Ok((scored, skipped))
+    }
+
+    /// The default accept/reject threshold: mean + 3 standard deviations of the
+    /// held-out good images' scores.
+    pub fn default_threshold(&self) -> f32 {
+        let v = &self.calibration.val_scores;
+        if v.is_empty() {
+            return f32::INFINITY;
+        }
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        m + 3.0 * sd
+    }
+}
+
+/// Per-position mean, and a scale that blends the per-position and the global
+/// standard deviation (a few dozen images give a noisy per-position estimate).
+fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+    let maps: Vec<&Vec<f32>> = maps.collect();
+    let Some(first) = maps.first() else { return (Vec::new(), Vec::new()) };
+    let n = maps.len() as f32;
+    let len = first.len();
+    let mut mean = vec![0f32; len];
+    for m in &maps {
+        for (a, v) in mean.iter_mut().zip(m.iter()) {
+            *a += v / n;
+        }
+    }
+    let mut var = vec![0f32; len];
+    for m in &maps {
+        for ((a, v), mu) in var.iter_mut().zip(m.iter()).zip(&mean) {
+            *a += (v - mu).powi(2) / n;
+        }
+    }
+    let global = var.iter().sum::<f32>() / len as f32;
+    let scale = var.iter().map(|v| (0.5 * v + 0.5 * global).sqrt().max(1e-6)).collect();
+    (mean, scale)
+}
+
+fn mean_std(v: &[f32]) -> (f32, f32) {
+    let n = v.len().max(1) as f32;
+    let m = v.iter().sum::<f32>() / n;
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / n).sqrt();
+    (m, sd.max(1e-6))
+}
+
+pub fn image_score(kind: ScoreKind, map_max: f32, flow_max: f32, cal: &Calibration) -> f32 {
+    match kind {
+        ScoreKind::MapMax => map_max,
+        ScoreKind::FlowNll => flow_max,
+        ScoreKind::Fused => {
+            (map_max - cal.map_mean) / cal.map_std.max(1e-6) + (flow_max - cal.flow_mean) / cal.flow_std.max(1e-6)
+        }
+    }
+}
+
+fn calibrate(scored: &[Scored], kind: ScoreKind) -> Calibration {
+    let maps: Vec<f32> = scored.iter().map(|s| s.map_max).collect();
+    let flows: Vec<f32> = scored.iter().map(|s| s.flow_max).collect();
+    let (map_mean, map_std) = mean_std(&maps);
+    let (flow_mean, flow_std) = mean_std(&flows);
+    let mut c = Calibration {
+        map_mean,
+        map_std,
+        flow_mean,
+        flow_std,
+        val_scores: Vec::new(),
+        pixel_p999: 0.0,
+        ..Default::default()
+    };
+    c.val_scores = scored.iter().map(|s| image_score(kind, s.map_max, s.flow_max, &c)).collect();
+    let mut px: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(7).copied()).collect();
+    px.sort_by(f32::total_cmp);
+    if !px.is_empty() {
+        c.pixel_p999 = px[((px.len() as f64 * 0.999) as usize).min(px.len() - 1)];
+    }
+    c
+}

@@ -1,0 +1,76 @@
+//! The command line, end to end on a few real images.
+mod common;
+use common::*;
+use std::process::Command;
+
+fn flowspect() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowspect"))
+}
+
+#[test]
+fn no_arguments_prints_help() {
+    let out = flowspect().output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["train", "eval", "predict", "import-weights"] {
+        assert!(s.contains(cmd), "{s}");
+    }
+}
+
+#[test]
+fn train_eval_predict_on_real_images() {
+    let mt = magnetic_tile();
+    let dir = tempdir("cli");
+    let model = dir.join("m.fsm");
+    let out = flowspect()
+        .args(["train", "--data"])
+        .arg(&mt)
+        .args(["--limit", "6", "--image-size", "64", "--epochs", "1", "--hidden", "32", "--flow-hidden", "32", "--device", "cpu", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained on"));
+
+    let json = dir.join("m.json");
+    let out = flowspect()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&mt)
+        .args(["--limit", "12", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for k in ["image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "n_good", "n_defect"] {
+        assert!(v.get(k).is_some(), "JSON lacks {k}");
+    }
+    let (g, d) = (v["n_good"].as_u64().unwrap(), v["n_defect"].as_u64().unwrap());
+    assert_eq!(g + d, 12);
+    let a = v["image_auroc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&a));
+
+    let pred = dir.join("pred");
+    let input = mt.join("test/crack");
+    let out = flowspect().args(["predict", "--model"]).arg(&model).arg("--input").arg(&input).arg("--out").arg(&pred).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rdr = csv::Reader::from_path(pred.join("scores.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), flowspect::data::list_images(&input).unwrap().len());
+    for r in &rows {
+        assert!(r[2] == *"accept" || r[2] == *"reject");
+        assert!(std::path::Path::new(&r[3]).is_file(), "heatmap {} missing", &r[3]);
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = flowspect().args(["train", "--data", "/nonexistent/folder", "--out", "/tmp/x.fsm", "--device", "cpu"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/folder"));
+    let out = flowspect().args(["eval", "--model", "/nonexistent/m.fsm", "--data", "."]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/m.fsm"));
+}

@@ -1,0 +1,74 @@
+//! The model file: round trip, versions, corrupt files, wrong kinds of file.
+mod common;
+use common::*;
+use flowspect::backbone::{self, BackboneMode};
+use flowspect::detector::{Detector, MODEL_VERSION, Method};
+use flowspect::progress::{CancelToken, NoProgress};
+
+fn trained() -> Detector {
+    let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
+    let files = first_images(&magnetic_tile().join("train/good"), 5);
+    Detector::train(Method::NfBmr, net, &root(), tiny_config(), &files, &NoProgress, &CancelToken::new()).unwrap()
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_scores() {
+    let det = trained();
+    let dir = tempdir("modelfile");
+    let path = dir.join("m.fsm");
+    det.save(&path).unwrap();
+    // No temporary file is left beside it.
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let back = Detector::load(&path, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(back.meta.threshold, det.meta.threshold);
+    assert_eq!(back.meta.config, det.meta.config);
+    let test = first_images(&magnetic_tile().join("test/crack"), 3);
+    let (a, _) = det.score_paths(&test, &NoProgress, &CancelToken::new()).unwrap();
+    let (b, _) = back.score_paths(&test, &NoProgress, &CancelToken::new()).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.score, y.score);
+        assert_eq!(x.map, y.map);
+    }
+    // The model embeds the backbone only up to the tapped stage: far smaller than the full file.
+    let size = std::fs::metadata(&path).unwrap().len();
+    let full = std::fs::metadata(root().join(backbone::DEFAULT_BACKBONE)).unwrap().len();
+    assert!(size < full / 2, "model {size} bytes, full backbone {full}");
+}
+
+#[test]
+fn other_version_corrupt_and_wrong_files_give_clear_errors() {
+    let det = trained();
+    let dir = tempdir("modelerr");
+    let path = dir.join("m.fsm");
+    det.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+
+    // Another version: rewrite the version field in the JSON header (same length).
+    let text = String::from_utf8_lossy(&bytes[..4096.min(bytes.len())]).into_owned();
+    let needle = format!("\\\"version\\\":{MODEL_VERSION}");
+    assert!(text.contains(&needle), "header: {}", &text[..300.min(text.len())]);
+    let mut other = bytes.clone();
+    let pos = text.find(&needle).unwrap() + needle.len() - 1;
+    other[pos] = b'9';
+    let p2 = dir.join("future.fsm");
+    std::fs::write(&p2, &other).unwrap();
+    let e = Detector::load(&p2, &candle_core::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("future.fsm") && e.contains("version 9"), "{e}");
+
+    // Truncated.
+    let p3 = dir.join("cut.fsm");
+    std::fs::write(&p3, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Detector::load(&p3, &candle_core::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("cut.fsm") && e.contains("corrupt"), "{e}");
+
+    // A backbone weight file is not a model.
+    let e = Detector::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("not a flowspect model"), "{e}");
+
+    // Garbage.
+    let p4 = dir.join("junk.fsm");
+    std::fs::write(&p4, b"junk").unwrap();
+    let e = Detector::load(&p4, &candle_core::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("junk.fsm"), "{e}");
+}
