@@ -33,6 +33,12 @@ pub struct TrainArgs {
     /// Hidden width of the flow's couplings.
     #[arg(long)]
     pub flow_hidden: Option<usize>,
+    /// Learning rate of the flow (Adam).
+    #[arg(long)]
+    pub flow_lr: Option<f64>,
+    /// Learning rate of the BMR mapping networks (Adam).
+    #[arg(long)]
+    pub bmr_lr: Option<f64>,
     /// Image score: map-max, flow-nll or fused.
     #[arg(long)]
     pub score: Option<ScoreKind>,
@@ -72,6 +78,12 @@ pub fn config_from(a: &TrainArgs) -> NfBmrConfig {
     }
     if let Some(s) = a.score {
         cfg.score = s;
+    }
+    if let Some(l) = a.flow_lr {
+        cfg.flow_optim.lr = l;
+    }
+    if let Some(l) = a.bmr_lr {
+        cfg.bmr_optim.lr = l;
     }
     if let Some(s) = a.seed {
         cfg.seed = s;

@@ -1,4 +1,5 @@
 //! Command-line interface: argument parsing and one function per subcommand.
+mod bench;
 mod import;
 mod inspect;
 mod progress;
@@ -23,6 +24,8 @@ pub enum Command {
     Eval(inspect::EvalArgs),
     /// Score images: CSV of scores and verdicts, and a heatmap per image.
     Predict(inspect::PredictArgs),
+    /// Time each stage of the pipeline (median ms per image) at several sizes and batches.
+    Bench(bench::BenchArgs),
     /// Print the top ImageNet classes of a photo (checks a backbone file).
     Classify(import::ClassifyArgs),
 }
@@ -39,6 +42,7 @@ pub fn run() -> Result<()> {
         Some(Command::Train(a)) => inspect::train(a),
         Some(Command::Eval(a)) => inspect::eval(a),
         Some(Command::Predict(a)) => inspect::predict(a),
+        Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),
     }

@@ -181,6 +181,59 @@ fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap,
 }
 
 impl NfBmr {
+    /// A detector with freshly initialised (untrained) flow and BMR, for timing.
+    pub fn untrained(backbone: EfficientNet, cfg: NfBmrConfig, dim: usize) -> Result<Self> {
+        let device = backbone.device().clone();
+        let (flow_vars, flow, bmr_vars, bmr) = build_nets(dim, &cfg, &device)?;
+        Ok(Self {
+            cfg,
+            backbone,
+            mean: Tensor::zeros(dim, DType::F32, &device)?,
+            std: Tensor::ones(dim, DType::F32, &device)?,
+            flow,
+            bmr,
+            flow_vars,
+            bmr_vars,
+            calibration: Calibration::default(),
+        })
+    }
+
+    /// The stages of scoring, run separately on a prepared batch `[B, 3, S, S]`, for
+    /// benchmarks: returns the seconds spent in (backbone, flow, bmr, postprocess).
+    pub fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
+        let sync = |t: &Tensor| -> Result<()> {
+            t.device().synchronize()?;
+            Ok(())
+        };
+        let t0 = std::time::Instant::now();
+        let f = features::extract(&self.backbone, &self.cfg.tap, x)?;
+        sync(&f)?;
+        let t1 = std::time::Instant::now();
+        let y = f.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        let (b, h, w, c) = y.dims4()?;
+        let (z, ld) = self.flow.forward(&y.reshape((b * h * w, c))?)?;
+        let nll = RealNvp::nll(&z, &ld)?.reshape((b, h, w))?;
+        sync(&nll)?;
+        let t2 = std::time::Instant::now();
+        let map = self.bmr.anomaly_map(&y, &z.reshape((b, h, w, c))?)?;
+        let map = map.to_device(&Device::Cpu)?;
+        let nll = nll.to_device(&Device::Cpu)?;
+        let t3 = std::time::Instant::now();
+        for i in 0..b {
+            let m = map.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+            let n = nll.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+            let _ = self.smooth(&m, h);
+            let _ = self.smooth(&n, h);
+        }
+        let t4 = std::time::Instant::now();
+        Ok([
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            (t4 - t3).as_secs_f64(),
+        ])
+    }
+
     /// Trains on good images. Unreadable files are skipped and listed in the report.
     pub fn train(
         backbone: EfficientNet,

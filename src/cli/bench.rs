@@ -1,0 +1,129 @@
+//! `flowspect bench`: median milliseconds per image for each stage of the pipeline.
+use anyhow::{Context, Result};
+use clap::Args;
+use flowspect::backbone::{self, BackboneMode};
+use flowspect::data::{self, image_io};
+use flowspect::device::{self, DeviceChoice};
+use flowspect::models::features::{self, FeatureTap};
+use flowspect::models::nfbmr::{NfBmr, NfBmrConfig};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Input sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "256,512,768")]
+    pub sizes: Vec<usize>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    /// Timed repetitions per setting (after one warm-up).
+    #[arg(long, default_value = "5")]
+    pub repeats: usize,
+    /// Images to decode (default: the magnetic-tile test set beside the checkout, else assets/photos).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Also time the plain candle backbone (batch 1 only) for comparison.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub reference: bool,
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let dev = a.device.open()?;
+    let bb_path = a.backbone.clone().unwrap_or_else(backbone::default_backbone_path);
+    let net = backbone::load(&bb_path, &dev, BackboneMode::Fast).with_context(|| format!("loading {}", bb_path.display()))?;
+    let reference = backbone::load(&bb_path, &dev, BackboneMode::Reference)?;
+    let img_dir = a.images.clone().unwrap_or_else(|| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/magnetic_tile/test/crack");
+        if p.is_dir() { p } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/photos") }
+    });
+    let paths = data::list_images(&img_dir)?;
+    anyhow::ensure!(!paths.is_empty(), "{}: no images to decode", img_dir.display());
+    println!(
+        "device {}, {} threads, backbone {} ({}), images from {}; medians of {} runs, ms per image",
+        device::describe(&dev),
+        rayon::current_num_threads(),
+        net.config().variant,
+        bb_path.display(),
+        img_dir.display(),
+        a.repeats
+    );
+    println!(
+        "{:>5} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} | {:>9} {:>7}",
+        "size", "batch", "decode", "backbone", "flow", "bmr", "post", "total", "img/s", "plain bb", "speedup"
+    );
+    let cfg0 = NfBmrConfig::default();
+    for &size in &a.sizes {
+        let mut cfg = cfg0.clone();
+        cfg.tap.image_size = size;
+        let dim = net.config().stage_channels(*cfg.tap.stages.iter().max().unwrap_or(&5))?;
+        let model = NfBmr::untrained(
+            backbone::load(&bb_path, &dev, BackboneMode::Fast)?,
+            cfg.clone(),
+            dim,
+        )?;
+        for &batch in &a.batches {
+            let chosen: Vec<PathBuf> = (0..batch).map(|i| paths[i % paths.len()].clone()).collect();
+            let norm = net.config().normalization;
+            let mut dec = Vec::new();
+            let mut stages = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            let mut plain = Vec::new();
+            for rep in 0..=a.repeats {
+                let t = Instant::now();
+                let inputs: Vec<Vec<f32>> = chosen
+                    .par_iter()
+                    .map(|p| data::load_image(p).map(|img| image_io::to_input(&img, size, &norm)))
+                    .collect::<flowspect::Result<_>>()?;
+                let d = t.elapsed().as_secs_f64();
+                let x = image_io::batch_tensor(&inputs, size, &dev)?;
+                let s = model.timed_stages(&x)?;
+                let p = if a.reference && batch == 1 {
+                    let t = Instant::now();
+                    let f = features::extract(&reference, &FeatureTap { ..cfg.tap.clone() }, &x)?;
+                    f.device().synchronize()?;
+                    Some(t.elapsed().as_secs_f64())
+                } else {
+                    None
+                };
+                if rep == 0 {
+                    continue; // warm-up
+                }
+                dec.push(d * 1000.0 / batch as f64);
+                for k in 0..4 {
+                    stages[k].push(s[k] * 1000.0 / batch as f64);
+                }
+                if let Some(p) = p {
+                    plain.push(p * 1000.0 / batch as f64);
+                }
+            }
+            let dm = median(dec);
+            let [b, f, m, po] = stages.map(median);
+            let total = dm + b + f + m + po;
+            let (pl, sp) = if plain.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                let pm = median(plain);
+                (format!("{pm:.1}"), format!("{:.1}x", pm / b))
+            };
+            println!(
+                "{size:>5} {batch:>5} | {dm:>9.1} {b:>9.1} {f:>9.1} {m:>9.1} {po:>9.1} {total:>9.1} | {:>8.2} | {pl:>9} {sp:>7}",
+                1000.0 / total
+            );
+        }
+    }
+    Ok(())
+}
