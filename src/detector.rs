@@ -9,10 +9,9 @@ use crate::backbone::{BackboneMode, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, Scored, TrainReport};
-use crate::models::{bmr::Bmr, flow::RealNvp};
 use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -260,25 +259,12 @@ impl Detector {
         };
         let mean = get("norm.mean")?;
         let std = get("norm.std")?;
-        let dim = mean.dim(0)?;
-        let cfg = meta.config.clone();
-        let fv = VarMap::new();
-        let flow = RealNvp::new(VarBuilder::from_varmap(&fv, DType::F32, device), dim, &cfg.flow, true)?;
-        let bv = VarMap::new();
-        let bmr = Bmr::new(VarBuilder::from_varmap(&bv, DType::F32, device), dim, &cfg.bmr)?;
-        fill_varmap(path, "flow", &fv, &all)?;
-        fill_varmap(path, "bmr", &bv, &all)?;
-        let model = NfBmr {
-            cfg,
-            backbone,
-            mean,
-            std,
-            flow,
-            bmr,
-            flow_vars: fv,
-            bmr_vars: bv,
-            calibration: meta.calibration.clone(),
-        };
+        let mut model = NfBmr::untrained(backbone, meta.config.clone(), mean.dim(0)?)?;
+        fill_varmap(path, "flow", &model.flow_vars, &all)?;
+        fill_varmap(path, "bmr", &model.bmr_vars, &all)?;
+        model.mean = mean;
+        model.std = std;
+        model.calibration = meta.calibration.clone();
         Ok(Self { meta, model })
     }
 }

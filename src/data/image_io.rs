@@ -53,16 +53,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
 /// (channel-major). Grayscale is repeated on three channels, alpha is dropped,
 /// 16-bit is scaled to [0, 1] like 8-bit.
 pub fn to_input(img: &DynamicImage, size: usize, norm: &Normalization) -> Vec<f32> {
-    let rgb = img.to_rgb8();
-    let resized = image::imageops::resize(&rgb, size as u32, size as u32, FilterType::Triangle);
-    let n = size * size;
-    let mut out = vec![0f32; 3 * n];
-    for (i, p) in resized.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = (p.0[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-        }
-    }
-    out
+    to_input_wh(img, size, size, norm)
 }
 
 /// Resizes to `width` x `height` (no aspect constraint) and normalises into a
