@@ -243,30 +243,48 @@ impl ProAccumulator {
     }
 }
 
-/// Pixel AUROC without holding all pixels: scores are binned into a fine histogram
-/// between the global min and max (`bins` buckets), which is exact up to ties inside
-/// one bucket.
+/// Pixel AUROC without holding all pixels: scores are binned into a fine histogram,
+/// which is exact up to ties inside one bucket.
 pub struct PixelAuroc {
-    lo: f32,
-    hi: f32,
+    /// Ascending bin edges; a score `s` falls in bin `#edges <= s`.
+    edges: Vec<f32>,
     pos: Vec<u64>,
     neg: Vec<u64>,
 }
 
 impl PixelAuroc {
+    /// Bins spaced linearly over `[lo, hi]`.
     pub fn new(lo: f32, hi: f32, bins: usize) -> Self {
-        Self {
-            lo,
-            hi: if hi > lo { hi } else { lo + 1.0 },
-            pos: vec![0; bins],
-            neg: vec![0; bins],
-        }
+        let hi = if hi > lo { hi } else { lo + 1.0 };
+        let n = bins.max(2);
+        let edges = (1..n).map(|i| lo + (hi - lo) * i as f32 / n as f32).collect();
+        Self::with_edges(edges)
     }
+
+    /// Bins at the quantiles of `sample` (any subset of the scores to come), so that
+    /// heavy tails do not squeeze the bulk of the scores into a few bins and create
+    /// artificial ties.
+    pub fn from_sample(sample: &[f32], bins: usize) -> Self {
+        let mut v: Vec<f32> = sample.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f32::total_cmp);
+        let mut edges: Vec<f32> = if v.is_empty() {
+            Vec::new()
+        } else {
+            (1..bins).map(|i| v[i * v.len() / bins]).collect()
+        };
+        edges.dedup();
+        Self::with_edges(edges)
+    }
+
+    fn with_edges(edges: Vec<f32>) -> Self {
+        let n = edges.len() + 1;
+        Self { edges, pos: vec![0; n], neg: vec![0; n] }
+    }
+
     fn bin(&self, s: f32) -> usize {
-        let n = self.pos.len();
-        let f = ((s - self.lo) / (self.hi - self.lo) * n as f32) as isize;
-        f.clamp(0, n as isize - 1) as usize
+        self.edges.partition_point(|&e| e <= s)
     }
+
     pub fn add(&mut self, map: &[f32], mask: &[bool]) {
         for (&s, &m) in map.iter().zip(mask) {
             let b = self.bin(s);
@@ -341,6 +359,23 @@ mod tests {
         let mut h = PixelAuroc::new(0.0, 1.0, 1000);
         h.add(&s, &l);
         assert!((h.auroc().unwrap() - exact).abs() < 1e-9, "{} vs {exact}", h.auroc().unwrap());
+    }
+
+    #[test]
+    fn pixel_auroc_quantile_bins_survive_outliers() {
+        // Bulk in [0, 1), a few huge outliers: linear bins over [min, max] would put the
+        // whole bulk into one bin (AUROC collapses towards 0.5), quantile bins keep it.
+        let mut s: Vec<f32> = (0..5000).map(|i| (((i * 7919) % 5000) as f32 + 0.5) / 5000.0).collect();
+        let mut l: Vec<bool> = s.iter().map(|&v| v > 0.7).collect();
+        s.extend([1e6, 2e6]);
+        l.extend([false, true]);
+        let exact = auroc(&s, &l).unwrap();
+        let mut lin = PixelAuroc::new(0.0, 2e6, 1000);
+        lin.add(&s, &l);
+        assert!((lin.auroc().unwrap() - exact).abs() > 0.1);
+        let mut q = PixelAuroc::from_sample(&s, 10_000);
+        q.add(&s, &l);
+        assert!((q.auroc().unwrap() - exact).abs() < 1e-9, "{} vs {exact}", q.auroc().unwrap());
     }
 
     #[test]

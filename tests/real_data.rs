@@ -37,6 +37,7 @@ fn nf_bmr_detects_real_magnetic_tile_defects() {
     assert!(pix >= PIXEL_AUROC_FLOOR, "pixel AUROC {pix:.4} < {PIXEL_AUROC_FLOOR}");
 }
 
-// Floors a few points under what this subset measured when it was written (see README).
-const IMAGE_AUROC_FLOOR: f64 = 0.0;
-const PIXEL_AUROC_FLOOR: f64 = 0.0;
+// Floors a few points under what this subset measured when it was written (image 0.764,
+// pixel 0.700 on 2026-11-22; see README); chance is 0.5.
+const IMAGE_AUROC_FLOOR: f64 = 0.70;
+const PIXEL_AUROC_FLOOR: f64 = 0.65;
