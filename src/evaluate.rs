@@ -89,12 +89,7 @@ pub fn evaluate(
     // Pixel metrics at the model's input resolution.
     progress.report(Progress::Stage { name: "pixel metrics".into(), total: 0 });
     let size = det.image_size();
-    // Bin edges from a strided sample of all map values (about a million).
-    let total: usize = scored.iter().map(|s| s.map.len()).sum();
-    let stride = (total / 1_000_000).max(1);
-    let sample: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(stride).copied()).collect();
-    let mut pix = PixelAuroc::from_sample(&sample, 100_000);
-    drop(sample);
+    let mut pix = PixelAuroc::for_maps(scored.iter().map(|s| s.map.as_slice()), 100_000);
     let mut pro = ProAccumulator::default();
     let mut n_without_mask = 0;
     let mut any_mask = false;

@@ -276,6 +276,15 @@ impl PixelAuroc {
         Self::with_edges(edges)
     }
 
+    /// Quantile bins for the given maps, from a strided sample of about a million of
+    /// their values.
+    pub fn for_maps<'a>(maps: impl Iterator<Item = &'a [f32]> + Clone, bins: usize) -> Self {
+        let total: usize = maps.clone().map(|m| m.len()).sum();
+        let stride = (total / 1_000_000).max(1);
+        let sample: Vec<f32> = maps.flat_map(|m| m.iter().step_by(stride).copied()).collect();
+        Self::from_sample(&sample, bins)
+    }
+
     fn with_edges(edges: Vec<f32>) -> Self {
         let n = edges.len() + 1;
         Self { edges, pos: vec![0; n], neg: vec![0; n] }
