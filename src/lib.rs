@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod fsutil;
+pub mod inspection;
 pub mod metrics;
 pub mod models;
 pub mod postprocess;

@@ -1,5 +1,7 @@
-//! The `flowspect` binary: the command line (and, later, the GUI) over the library.
+//! The `flowspect` binary: the desktop app (no arguments, or `flowspect gui`) and the
+//! command line, both thin layers over the library.
 mod cli;
+mod gui;
 
 fn main() {
     if let Err(e) = cli::run() {

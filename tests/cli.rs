@@ -8,13 +8,28 @@ fn flowspect() -> Command {
 }
 
 #[test]
-fn no_arguments_prints_help() {
-    let out = flowspect().output().unwrap();
+fn help_lists_the_commands() {
+    let out = flowspect().arg("--help").output().unwrap();
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["train", "eval", "predict", "import-weights"] {
+    for cmd in ["gui", "train", "eval", "predict", "import-weights"] {
         assert!(s.contains(cmd), "{s}");
     }
+}
+
+#[test]
+fn no_arguments_without_a_display_fails_with_a_message() {
+    // No arguments opens the app; with no display to open it on, a clear error, no panic.
+    let out = flowspect()
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_DATA_HOME", tempdir("nodisplay"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stderr);
+    assert!(s.contains("cannot open the window") && s.contains("--help"), "{s}");
+    assert!(!s.contains("panicked"), "{s}");
 }
 
 #[test]

@@ -10,20 +10,16 @@ use flowspect::evaluate::evaluate;
 use flowspect::models::nfbmr::NfBmrConfig;
 use flowspect::progress::{CancelToken, NoProgress};
 
-fn spread<T: Clone>(v: &[T], n: usize) -> Vec<T> {
-    (0..n.min(v.len())).map(|i| v[i * v.len() / n.min(v.len())].clone()).collect()
-}
-
 #[test]
 fn nf_bmr_detects_real_magnetic_tile_defects() {
     let mt = magnetic_tile();
     let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
-    let train = spread(&data::training_images(&mt).unwrap(), 160);
+    let train = data::spread(&data::training_images(&mt).unwrap(), Some(160));
     let mut cfg = NfBmrConfig::default();
     cfg.flow_optim.epochs = 6;
     cfg.bmr_optim.epochs = 6;
     let det = Detector::train(Method::NfBmr, net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
-    let samples = spread(&data::test_samples(&mt).unwrap(), 200);
+    let samples = data::spread(&data::test_samples(&mt).unwrap(), Some(200));
     let (rep, _) = evaluate(&det, &samples, &NoProgress, &CancelToken::new()).unwrap();
     let (img, pix, pro) = (rep.image_auroc.unwrap(), rep.pixel_auroc.unwrap(), rep.aupro.unwrap());
     eprintln!(

@@ -3,7 +3,7 @@ use super::progress::CliProgress;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use flowspect::backbone::{self, BackboneMode};
-use flowspect::data;
+use flowspect::data::{self, spread};
 use flowspect::detector::{Detector, Method};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::evaluate;
@@ -89,14 +89,6 @@ pub fn config_from(a: &TrainArgs) -> NfBmrConfig {
         cfg.seed = s;
     }
     cfg
-}
-
-/// Evenly spaced subset of at most `n` items.
-pub fn spread<T: Clone>(v: &[T], n: Option<usize>) -> Vec<T> {
-    match n {
-        Some(n) if n < v.len() && n > 0 => (0..n).map(|i| v[i * v.len() / n].clone()).collect(),
-        _ => v.to_vec(),
-    }
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {

@@ -16,6 +16,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Open the desktop app (the default with no subcommand).
+    Gui(GuiArgs),
     /// Convert EfficientNet weights (.pth legacy/zip, safetensors) to flowspect's canonical file.
     ImportWeights(import::ImportArgs),
     /// Train a detector on good images.
@@ -30,15 +32,68 @@ pub enum Command {
     Classify(import::ClassifyArgs),
 }
 
+#[derive(clap::Args)]
+pub struct GuiArgs {
+    /// Training folder to open.
+    #[arg(long)]
+    pub train: Option<std::path::PathBuf>,
+    /// Test folder to open.
+    #[arg(long)]
+    pub test: Option<std::path::PathBuf>,
+    /// Model file to open.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Score the test folder as soon as the model is open.
+    #[arg(long)]
+    pub score: bool,
+    /// Tab to show: data, train, threshold or review.
+    #[arg(long)]
+    pub tab: Option<String>,
+    /// Select this test image (0-based index in the folder's order) once scored.
+    #[arg(long)]
+    pub select: Option<usize>,
+    /// Training epochs per stage (overrides the remembered setting).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training input size in pixels (overrides the remembered setting).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Train on at most this many images (overrides the remembered setting).
+    #[arg(long)]
+    pub max_images: Option<usize>,
+    /// Start training on the training folder right away.
+    #[arg(long)]
+    pub start_training: bool,
+}
+
+impl GuiArgs {
+    fn startup(&self) -> crate::gui::Startup {
+        use crate::gui::Tab;
+        crate::gui::Startup {
+            train_dir: self.train.clone(),
+            test_dir: self.test.clone(),
+            model: self.model.clone(),
+            tab: self.tab.as_deref().map(|t| match t.to_ascii_lowercase().as_str() {
+                "train" => Tab::Train,
+                "threshold" => Tab::Threshold,
+                "review" => Tab::Review,
+                _ => Tab::Data,
+            }),
+            score: self.score,
+            select: self.select,
+            epochs: self.epochs,
+            image_size: self.image_size,
+            max_images: self.max_images,
+            train_now: self.start_training,
+        }
+    }
+}
+
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!();
-            Ok(())
-        }
+        None => crate::gui::run(crate::gui::Startup::default()),
+        Some(Command::Gui(a)) => crate::gui::run(a.startup()),
         Some(Command::Train(a)) => inspect::train(a),
         Some(Command::Eval(a)) => inspect::eval(a),
         Some(Command::Predict(a)) => inspect::predict(a),

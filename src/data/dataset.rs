@@ -117,3 +117,11 @@ pub fn test_samples(dir: &Path) -> Result<Vec<Sample>> {
     }
     Ok(out)
 }
+
+/// Evenly spaced subset of at most `n` items (all of them when `n` is `None`).
+pub fn spread<T: Clone>(v: &[T], n: Option<usize>) -> Vec<T> {
+    match n {
+        Some(n) if n < v.len() && n > 0 => (0..n).map(|i| v[i * v.len() / n].clone()).collect(),
+        _ => v.to_vec(),
+    }
+}

@@ -2,5 +2,5 @@
 pub mod dataset;
 pub mod image_io;
 
-pub use dataset::{Sample, list_images, test_samples, training_images};
+pub use dataset::{Sample, list_images, spread, test_samples, training_images};
 pub use image_io::{load_image, load_mask, to_input};

@@ -1,0 +1,613 @@
+//! The app: state, the worker and loaders, and the frame loop that polls them and draws
+//! the panels. Each panel is a free `*_ui` function in its own file.
+use super::dialogs::{DialogTarget, Dialogs};
+use super::loader::{FullRequest, Loaded, Loader};
+use super::review::ReviewView;
+use super::state::{Entry, Job, ModelInfo, Settings, Tab};
+use super::worker::{Command, Event, Worker};
+use super::{data_panel, review, threshold_panel, train_panel};
+use flowspect::data;
+use flowspect::progress::Progress;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+const SETTINGS_KEY: &str = "flowspect.settings";
+
+/// How the app starts: what the command line asked for (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    pub train_dir: Option<PathBuf>,
+    pub test_dir: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub tab: Option<Tab>,
+    /// Score the test folder as soon as the model is ready.
+    pub score: bool,
+    /// Select this image (index in the test folder) once scored.
+    pub select: Option<usize>,
+    /// Training settings to use instead of the remembered ones.
+    pub epochs: Option<usize>,
+    pub image_size: Option<usize>,
+    pub max_images: Option<usize>,
+    /// Start training right away.
+    pub train_now: bool,
+}
+
+pub struct App {
+    pub settings: Settings,
+    pub entries: Vec<Entry>,
+    /// Good images found in the training folder.
+    pub train_files: Vec<PathBuf>,
+    pub model: Option<ModelInfo>,
+    pub job: Option<Job>,
+    /// Loss per epoch of each training stage of the last training run.
+    pub losses: Vec<(String, Vec<[f64; 2]>)>,
+    pub log: Vec<String>,
+    /// Errors not yet dismissed, shown in a banner.
+    pub errors: Vec<String>,
+    pub selected: Option<usize>,
+    /// Bumped whenever scores change; plots cache their curves against it.
+    pub scores_generation: u64,
+    pub thumbs: HashMap<usize, egui::TextureHandle>,
+    pub thumbs_requested: HashSet<usize>,
+    pub view: Option<ReviewView>,
+    pub roc_drag: Option<bool>,
+    pub startup: Startup,
+    pub(super) worker: Worker,
+    pub(super) loader: Loader,
+    pub(super) dialogs: Dialogs,
+    /// Score the test folder once the current job ends (startup with `--score`).
+    pending_score: bool,
+    ctx: egui::Context,
+}
+
+impl App {
+    pub fn new(cc: &eframe::CreationContext<'_>, startup: Startup) -> Self {
+        let settings: Settings = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
+            .unwrap_or_default();
+        Self::with_settings(cc.egui_ctx.clone(), settings, startup)
+    }
+
+    pub fn with_settings(ctx: egui::Context, settings: Settings, startup: Startup) -> Self {
+        let mut app = Self {
+            settings,
+            entries: Vec::new(),
+            train_files: Vec::new(),
+            model: None,
+            job: None,
+            losses: Vec::new(),
+            log: Vec::new(),
+            errors: Vec::new(),
+            selected: None,
+            scores_generation: 0,
+            thumbs: HashMap::new(),
+            thumbs_requested: HashSet::new(),
+            view: None,
+            roc_drag: None,
+            worker: Worker::spawn(ctx.clone()),
+            loader: Loader::spawn(ctx.clone(), 2),
+            dialogs: Dialogs::new(ctx.clone()),
+            startup: startup.clone(),
+            pending_score: false,
+            ctx,
+        };
+        if let Some(p) = &startup.train_dir {
+            app.settings.train_dir = p.display().to_string();
+        }
+        if let Some(p) = &startup.test_dir {
+            app.settings.test_dir = p.display().to_string();
+        }
+        if let Some(t) = startup.tab {
+            app.settings.tab = t;
+        }
+        if let Some(e) = startup.epochs {
+            app.settings.train.epochs = e;
+        }
+        if let Some(s) = startup.image_size {
+            app.settings.train.image_size = s;
+        }
+        if let Some(m) = startup.max_images {
+            app.settings.train.max_images = m;
+        }
+        // Restore the last session quietly: folders that no longer exist are skipped.
+        if !app.settings.train_dir.is_empty() && Path::new(&app.settings.train_dir).is_dir() {
+            app.scan_train_dir();
+        }
+        if !app.settings.test_dir.is_empty() && Path::new(&app.settings.test_dir).exists() {
+            app.open_test_dir();
+        }
+        let model = startup
+            .model
+            .clone()
+            .or_else(|| (!app.settings.model_path.is_empty()).then(|| PathBuf::from(&app.settings.model_path)));
+        if let Some(m) = model.filter(|m| m.is_file()) {
+            let keep = startup.model.is_none();
+            app.open_model(m, keep);
+        }
+        if startup.train_now {
+            app.start_training();
+        }
+        app
+    }
+
+    pub fn busy(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// Adds a line to the log panel (and to stderr, for scripts and bug reports).
+    pub fn say(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        eprintln!("{line}");
+        self.log.push(line);
+    }
+
+    pub fn report_error(&mut self, what: &str, message: impl std::fmt::Display) {
+        let m = format!("{what}: {message}");
+        self.say(format!("error: {m}"));
+        self.errors.push(m);
+    }
+
+    pub fn scan_train_dir(&mut self) {
+        let dir = PathBuf::from(self.settings.train_dir.trim());
+        match data::training_images(&dir) {
+            Ok(f) => {
+                self.say(format!("{} good images for training in {}", f.len(), dir.display()));
+                self.train_files = f;
+            }
+            Err(e) => {
+                self.train_files.clear();
+                self.report_error("training folder", e);
+            }
+        }
+    }
+
+    pub fn open_test_dir(&mut self) {
+        let dir = PathBuf::from(self.settings.test_dir.trim());
+        match data::test_samples(&dir) {
+            Ok(samples) => {
+                let labelled = samples.iter().filter(|s| s.defect.is_some()).count();
+                self.say(format!(
+                    "{} test images in {} ({} labelled)",
+                    samples.len(),
+                    dir.display(),
+                    labelled
+                ));
+                self.entries = samples.into_iter().map(|sample| Entry { sample, result: None, error: None }).collect();
+                self.thumbs.clear();
+                self.thumbs_requested.clear();
+                self.selected = None;
+                self.view = None;
+                self.scores_generation += 1;
+            }
+            Err(e) => self.report_error("test folder", e),
+        }
+    }
+
+    pub fn start_training(&mut self) {
+        if self.busy() {
+            return;
+        }
+        if self.train_files.is_empty() {
+            self.scan_train_dir();
+            if self.train_files.is_empty() {
+                return;
+            }
+        }
+        let job = Job::new("training");
+        self.losses.clear();
+        let cmd = Command::Train {
+            files: self.train_files.clone(),
+            settings: self.settings.train.clone(),
+            cancel: job.cancel.clone(),
+        };
+        self.send(cmd, job);
+    }
+
+    pub fn start_scoring(&mut self) {
+        if self.busy() {
+            return;
+        }
+        if self.model.is_none() {
+            self.report_error("scoring", "no model: train or open one first");
+            return;
+        }
+        if self.entries.is_empty() {
+            self.open_test_dir();
+            if self.entries.is_empty() {
+                return;
+            }
+        }
+        // Score what has no score yet (everything after a new model).
+        let samples: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|e| e.result.is_none())
+            .map(|e| e.sample.clone())
+            .collect();
+        if samples.is_empty() {
+            self.say("every test image already has a score");
+            return;
+        }
+        let job = Job::new("scoring");
+        let cmd = Command::Score { samples, cancel: job.cancel.clone() };
+        self.send(cmd, job);
+    }
+
+    pub fn open_model(&mut self, path: PathBuf, keep_thresholds: bool) {
+        if self.busy() {
+            return;
+        }
+        let cmd = Command::Load { path, device: self.settings.train.device, keep_thresholds };
+        self.send(cmd, Job::new("opening the model"));
+    }
+
+    pub fn save_model(&mut self, path: PathBuf) {
+        if self.busy() {
+            return;
+        }
+        let cmd = Command::Save {
+            path,
+            thresholds: self.settings.active_thresholds(),
+            pixel_threshold: self.settings.pixel_threshold,
+        };
+        self.send(cmd, Job::new("saving the model"));
+    }
+
+    pub fn cancel_job(&mut self) {
+        if let Some(j) = &mut self.job {
+            j.cancel.cancel();
+            j.cancel_requested.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn send(&mut self, cmd: Command, job: Job) {
+        if self.worker.send(cmd) {
+            self.say(format!("{} started", job.name));
+            self.job = Some(job);
+        } else {
+            self.report_error(&job.name, "the background worker is not running; restart flowspect");
+        }
+    }
+
+    pub fn clear_scores(&mut self) {
+        for e in &mut self.entries {
+            e.result = None;
+        }
+        self.scores_generation += 1;
+        self.view = None;
+    }
+
+    /// Handles everything the worker, the loaders and the dialogs sent since last frame.
+    pub fn poll(&mut self) {
+        while let Ok(ev) = self.worker.rx.try_recv() {
+            self.on_event(ev);
+        }
+        while let Ok(l) = self.loader.rx.try_recv() {
+            self.on_loaded(l);
+        }
+        while let Some((target, path)) = self.dialogs.poll() {
+            self.on_dialog(target, path);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Progress(p) => self.on_progress(p),
+            Event::Model { meta, path, keep_thresholds, device } => {
+                if !keep_thresholds {
+                    self.settings.thresholds.accept_below = meta.threshold;
+                    self.settings.two_thresholds = meta.review_threshold.is_some();
+                    self.settings.thresholds.reject_from = meta.review_threshold;
+                    self.settings.pixel_threshold = meta.pixel_threshold;
+                }
+                if let Some(p) = &path {
+                    self.settings.model_path = p.display().to_string();
+                    self.say(format!("opened model {} ({}, {} px, device {device})", p.display(), meta.method, meta.config.tap.image_size));
+                } else {
+                    let t = &meta.training;
+                    self.say(format!(
+                        "trained on {} images ({} held out, {} skipped) in {:.0} s; threshold {:.4}",
+                        t.n_train,
+                        t.n_val,
+                        t.skipped.len(),
+                        t.total_seconds,
+                        meta.threshold
+                    ));
+                }
+                self.model = Some(ModelInfo { meta: *meta, path, device });
+                self.clear_scores();
+                if self.startup.score && !self.entries.is_empty() {
+                    self.startup.score = false;
+                    // Started once this job's Done arrives.
+                    self.pending_score = true;
+                }
+            }
+            Event::Scored(v) => {
+                let idx: HashMap<&Path, usize> =
+                    self.entries.iter().enumerate().map(|(i, e)| (e.sample.path.as_path(), i)).collect();
+                let mut hits = Vec::new();
+                for r in v {
+                    if let Some(&i) = idx.get(r.path.as_path()) {
+                        hits.push((i, r));
+                    }
+                }
+                for (i, r) in hits {
+                    self.entries[i].result = Some(r);
+                    self.entries[i].error = None;
+                }
+                self.scores_generation += 1;
+            }
+            Event::Unreadable(v) => {
+                for (p, why) in v {
+                    if let Some(e) = self.entries.iter_mut().find(|e| e.sample.path == p) {
+                        e.error = Some(why);
+                    }
+                }
+            }
+            Event::Saved(p) => {
+                self.say(format!("model saved to {}", p.display()));
+                self.settings.model_path = p.display().to_string();
+                if let Some(m) = &mut self.model {
+                    m.path = Some(p);
+                    let t = self.settings.active_thresholds();
+                    m.meta.threshold = t.accept_below;
+                    m.meta.review_threshold = t.reject_from;
+                    m.meta.pixel_threshold = self.settings.pixel_threshold;
+                }
+            }
+            Event::Failed { what, message } => self.report_error(&what, message),
+            Event::Cancelled(what) => {
+                let secs = self
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.cancel_requested)
+                    .map(|t| t.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                let kept = if what == "scoring" { "the scores so far are kept" } else { "the previous model, folders and scores are unchanged" };
+                self.say(format!("{what} cancelled (stopped {secs:.1} s after Cancel); {kept}"));
+            }
+            Event::Done => {
+                if let Some(j) = self.job.take() {
+                    let scored = self.entries.iter().filter(|e| e.result.is_some()).count();
+                    let what = if j.name == "scoring" { format!(" ({scored} of {} images scored)", self.entries.len()) } else { String::new() };
+                    self.say(format!("{} ended after {:.1} s{what}", j.name, j.started.elapsed().as_secs_f64()));
+                }
+                if std::mem::take(&mut self.pending_score) {
+                    self.start_scoring();
+                }
+            }
+        }
+    }
+
+    fn on_progress(&mut self, p: Progress) {
+        match p {
+            Progress::Stage { name, total } => {
+                if let Some(j) = &mut self.job {
+                    j.stage = name;
+                    j.total = total;
+                    j.done = 0;
+                    j.epoch = None;
+                    j.stage_started = std::time::Instant::now();
+                }
+            }
+            Progress::Step { done } => {
+                if let Some(j) = &mut self.job {
+                    j.done = done;
+                }
+            }
+            Progress::Epoch { stage, epoch, epochs, loss } => {
+                if let Some(j) = &mut self.job {
+                    j.epoch = Some((epoch, epochs));
+                }
+                match self.losses.iter_mut().find(|(s, _)| *s == stage) {
+                    Some((_, v)) => v.push([epoch as f64, loss]),
+                    None => self.losses.push((stage, vec![[epoch as f64, loss]])),
+                }
+            }
+            Progress::Skipped { message } => self.say(format!("skipped {message}")),
+            Progress::Info(m) => self.say(m),
+        }
+    }
+
+    fn on_loaded(&mut self, l: Loaded) {
+        match l {
+            Loaded::Thumb { index, image } => {
+                let tex = self.ctx.load_texture(format!("thumb-{index}"), image, egui::TextureOptions::LINEAR);
+                self.thumbs.insert(index, tex);
+            }
+            Loaded::Full { index, image, mask, mask_error } => {
+                if let Some(e) = mask_error {
+                    self.say(format!("mask not shown: {e}"));
+                }
+                if self.selected == Some(index) {
+                    self.view = Some(ReviewView::new(&self.ctx, index, image, mask));
+                }
+            }
+            Loaded::Failed { index, full, message } => {
+                if let Some(e) = self.entries.get_mut(index) {
+                    e.error = Some(message.clone());
+                }
+                if full && self.selected == Some(index) {
+                    self.report_error("opening the image", message);
+                }
+            }
+        }
+    }
+
+    fn on_dialog(&mut self, target: DialogTarget, path: PathBuf) {
+        match target {
+            DialogTarget::TrainDir => {
+                self.settings.train_dir = path.display().to_string();
+                self.scan_train_dir();
+            }
+            DialogTarget::TestDir => {
+                self.settings.test_dir = path.display().to_string();
+                self.open_test_dir();
+            }
+            DialogTarget::Backbone => self.settings.train.backbone = path,
+            DialogTarget::OpenModel => self.open_model(path, false),
+            DialogTarget::SaveModel => self.save_model(path),
+        }
+    }
+
+    /// Selects an image for review and asks the loader for it.
+    pub fn select(&mut self, index: usize) {
+        if self.selected == Some(index) && self.view.is_some() {
+            return;
+        }
+        let Some(e) = self.entries.get(index) else { return };
+        self.selected = Some(index);
+        self.view = None;
+        self.loader.want_full(FullRequest {
+            index,
+            path: e.sample.path.clone(),
+            mask: e.sample.mask.clone(),
+        });
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        // Ctrl+1..4 switch tabs.
+        let tabs = [Tab::Data, Tab::Train, Tab::Threshold, Tab::Review];
+        let keys = [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4];
+        for (k, t) in keys.into_iter().zip(tabs) {
+            if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, k)) {
+                self.settings.tab = t;
+            }
+        }
+        ui.horizontal(|ui| {
+            ui.heading("flowspect");
+            ui.separator();
+            for (tab, name) in [
+                (Tab::Data, "Data"),
+                (Tab::Train, "Train"),
+                (Tab::Threshold, "Threshold"),
+                (Tab::Review, "Review"),
+            ] {
+                ui.selectable_value(&mut self.settings.tab, tab, name)
+                    .on_hover_text(format!("Ctrl+{}", tab as usize + 1));
+            }
+            ui.separator();
+            match &self.model {
+                Some(m) => {
+                    let name = m
+                        .path
+                        .as_ref()
+                        .and_then(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "unsaved model".into());
+                    ui.label(format!("Model: {name} ({}, {} px)", m.meta.method, m.meta.config.tap.image_size));
+                }
+                None => {
+                    ui.weak("No model yet");
+                }
+            }
+        });
+    }
+
+    fn error_banner(&mut self, ui: &mut egui::Ui) {
+        if self.errors.is_empty() {
+            return;
+        }
+        let mut dismiss = false;
+        egui::Frame::new()
+            .fill(ui.visuals().error_fg_color.gamma_multiply(0.15))
+            .inner_margin(6.0)
+            .show(ui, |ui| {
+                for e in self.errors.iter().rev().take(3) {
+                    ui.colored_label(ui.visuals().error_fg_color, e);
+                }
+                if self.errors.len() > 3 {
+                    ui.label(format!("and {} more (see the log)", self.errors.len() - 3));
+                }
+                dismiss = ui.button("Dismiss").clicked();
+            });
+        if dismiss {
+            self.errors.clear();
+        }
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        let mut cancel = false;
+        if let Some(j) = &self.job {
+            ui.horizontal(|ui| {
+                let mut text = format!("{}: {}", j.name, j.stage);
+                if let Some((e, n)) = j.epoch {
+                    text += &format!(" (epoch {e}/{n} done)");
+                }
+                if j.total > 0 {
+                    text += &format!(" {}/{}", j.done, j.total);
+                }
+                if let Some(eta) = j.eta_seconds() {
+                    text += &format!(", {} left", fmt_secs(eta));
+                }
+                text += &format!(", {} elapsed", fmt_secs(j.started.elapsed().as_secs_f64()));
+                let bar = match j.fraction() {
+                    Some(f) => egui::ProgressBar::new(f).show_percentage(),
+                    None => egui::ProgressBar::new(0.0).animate(true),
+                };
+                ui.add(bar.desired_width(240.0));
+                ui.label(text);
+                if j.cancel_requested.is_some() {
+                    ui.spinner();
+                    ui.label("cancelling...");
+                } else {
+                    cancel = ui.button("Cancel").clicked();
+                }
+            });
+        }
+        if cancel {
+            self.cancel_job();
+        }
+        egui::CollapsingHeader::new(format!("Log ({} lines)", self.log.len()))
+            .id_salt("log")
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .max_height(140.0)
+                    .stick_to_bottom(true)
+                    .show(ui, |ui| {
+                        for l in &self.log {
+                            ui.monospace(l);
+                        }
+                    });
+            });
+    }
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    } else if s >= 60.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{s:.0}s")
+    }
+}
+
+impl eframe::App for App {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.poll();
+        egui::Panel::top("top").show(ui, |ui| {
+            self.top_bar(ui);
+            self.error_banner(ui);
+        });
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::CentralPanel::default().show(ui, |ui| match self.settings.tab {
+            Tab::Data => data_panel::data_ui(ui, self),
+            Tab::Train => train_panel::train_ui(ui, self),
+            Tab::Threshold => threshold_panel::threshold_ui(ui, self),
+            Tab::Review => review::review_ui(ui, self),
+        });
+        if let Some(i) = self.startup.select
+            && self.entries.get(i).is_some_and(|e| e.result.is_some())
+            && !self.busy()
+        {
+            self.startup.select = None;
+            self.select(i);
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, SETTINGS_KEY, &self.settings);
+    }
+}

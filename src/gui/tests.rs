@@ -1,0 +1,306 @@
+//! The real app driven headless with egui_kittest: a small real folder from
+//! `../shared/data/magnetic_tile`, a tiny model trained through the UI, the threshold
+//! moved, the confusion matrix and the review view checked.
+use super::app::{App, Startup};
+use super::state::{Settings, Tab};
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn magnetic_tile() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/magnetic_tile");
+    assert!(p.join("train/good").is_dir(), "real test data missing: {} (see ../shared/README.md)", p.display());
+    p
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowspect-gui-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_first(from: &Path, to: &Path, n: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(to).unwrap();
+    let mut out = Vec::new();
+    for p in flowspect::data::list_images(from).unwrap().into_iter().take(n) {
+        let dst = to.join(p.file_name().unwrap());
+        std::fs::copy(&p, &dst).unwrap();
+        out.push(dst);
+    }
+    out
+}
+
+/// A small MVTec-layout copy of real magnetic-tile images: 24 good for training,
+/// 8 good and 8 defect (blowhole, crack, with masks) for testing.
+fn small_real_set(name: &str) -> PathBuf {
+    let mt = magnetic_tile();
+    let d = tempdir(name);
+    copy_first(&mt.join("train/good"), &d.join("train/good"), 24);
+    copy_first(&mt.join("test/good"), &d.join("test/good"), 8);
+    for kind in ["blowhole", "crack"] {
+        for p in copy_first(&mt.join("test").join(kind), &d.join("test").join(kind), 4) {
+            let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let m = format!("{stem}_mask.png");
+            let gt = d.join("ground_truth").join(kind);
+            std::fs::create_dir_all(&gt).unwrap();
+            std::fs::copy(mt.join("ground_truth").join(kind).join(&m), gt.join(&m)).unwrap();
+        }
+    }
+    d
+}
+
+fn tiny_settings(data: &Path) -> Settings {
+    let mut s = Settings {
+        train_dir: data.display().to_string(),
+        test_dir: data.display().to_string(),
+        ..Settings::default()
+    };
+    s.train.image_size = 128;
+    s.train.epochs = 2;
+    s.train.flow_hidden = 64;
+    s.train.bmr_hidden = 32;
+    s.train.device = flowspect::device::DeviceChoice::Cpu;
+    s
+}
+
+fn harness(settings: Settings) -> Harness<'static, App> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_eframe(move |cc| App::with_settings(cc.egui_ctx.clone(), settings, Startup::default()))
+}
+
+/// Steps the app (the worker runs meanwhile) until `done` holds; panics after `secs`.
+fn wait_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl Fn(&App) -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        h.step();
+        if done(h.state()) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}; errors: {:?}; log: {:?}",
+            h.state().errors,
+            h.state().log
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The text of a node: labels keep it in `value`, other widgets in `label`.
+fn text_of(n: &egui_kittest::kittest::AccessKitNode<'_>) -> Option<String> {
+    if n.role() == Role::Label { n.value() } else { n.label() }
+}
+
+/// The text of the one label starting with `prefix`.
+fn label_with(h: &Harness<'static, App>, prefix: &str) -> String {
+    text_of(&h.get_by(|n| text_of(n).is_some_and(|l| l.starts_with(prefix))).accesskit_node()).unwrap_or_default()
+}
+
+#[test]
+fn train_score_tune_threshold_review_and_save() {
+    let data = small_real_set("flow");
+    let mut h = harness(tiny_settings(&data));
+    h.run_steps(3);
+    assert_eq!(h.state().train_files.len(), 24);
+    assert_eq!(h.state().entries.len(), 16);
+
+    // Train through the Train tab.
+    h.get_by_label("Train").click();
+    h.run_steps(2);
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    assert!(h.state().busy(), "training did not start: {:?}", h.state().errors);
+    wait_until(&mut h, 600, "training", |a| !a.busy());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(h.state().model.is_some());
+    assert!(
+        h.state().losses.iter().any(|(_, v)| v.len() == 2),
+        "the loss curve has one point per epoch: {:?}",
+        h.state().losses
+    );
+
+    // Score the test images from the Data tab.
+    h.get_by_label("Data").click();
+    h.run_steps(2);
+    h.get_by_label("Score test images").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "scoring", |a| !a.busy());
+    assert!(h.state().entries.iter().all(|e| e.result.is_some()), "every image scored");
+    // Thumbnails arrive from the loader threads.
+    wait_until(&mut h, 60, "thumbnails", |a| a.thumbs.len() >= 8);
+
+    // Threshold tab: the confusion matrix follows the threshold.
+    h.get_by_label("Threshold").click();
+    h.run_steps(3);
+    h.get_by_label("Best F1").click();
+    h.run_steps(3);
+    let at_best = label_with(&h, "False alarms:");
+    let tp_best = label_with(&h, "TP ");
+    let scores: Vec<f32> = h.state().entries.iter().filter_map(|e| e.result.as_ref().map(|r| r.score)).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Type a threshold above every score into the slider's value field: nothing is flagged.
+    h.get_by(|n| n.role() == Role::SpinButton).set_value_accesskit((max + 1.0) as f64);
+    h.run_steps(3);
+    assert!(h.state().settings.thresholds.accept_below > max, "the value field moved the threshold");
+    assert_eq!(label_with(&h, "TP "), "TP 0");
+    assert_eq!(label_with(&h, "False alarms:"), "False alarms: 0   Escapes: 8");
+    assert_ne!(at_best, "False alarms: 0   Escapes: 8", "best F1 flags some defects ({tp_best})");
+    assert!(label_with(&h, "Accept:").ends_with("16"));
+
+    // A review band: the upper threshold sends the band between the two to review.
+    h.get_by_label("Best F1").click();
+    h.run_steps(2);
+    h.get_by_label("Review band (two thresholds)").click();
+    h.run_steps(3);
+    let t = h.state().settings.active_thresholds();
+    let u = t.reject_from.expect("two thresholds");
+    assert!(u >= t.accept_below);
+    let in_band = scores.iter().filter(|&&s| s >= t.accept_below && s < u).count();
+    assert_eq!(label_with(&h, "Review:"), format!("Review: {in_band}"));
+
+    // Review tab: an image with its overlay; arrow keys step through the images.
+    h.get_by_label("Review").click();
+    h.run_steps(2);
+    wait_until(&mut h, 60, "review image", |a| a.view.is_some());
+    let first = h.state().selected;
+    h.key_press(egui::Key::ArrowRight);
+    h.run_steps(2);
+    assert_ne!(h.state().selected, first, "ArrowRight selects the next image");
+    wait_until(&mut h, 60, "next review image", |a| a.view.as_ref().is_some_and(|v| Some(v.index) == a.selected));
+    h.run_steps(2);
+    assert!(h.state().view.as_ref().is_some_and(|v| v.regions.is_some()), "regions computed for the scored image");
+    h.key_press(egui::Key::ArrowLeft);
+    h.run_steps(2);
+    assert_eq!(h.state().selected, first);
+
+    // Save the model with the tuned thresholds; they are in the file.
+    let model = data.join("tuned.fsm");
+    h.state_mut().settings.model_path = model.display().to_string();
+    h.get_by_label("Train").click();
+    h.run_steps(2);
+    h.get_by_label("Save").click();
+    h.run_steps(2);
+    wait_until(&mut h, 60, "saving", |a| !a.busy());
+    let meta = flowspect::detector::Detector::read_meta(&model).unwrap();
+    assert_eq!(meta.threshold, t.accept_below);
+    assert_eq!(meta.review_threshold, Some(u));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn cancel_stops_training_quickly_and_keeps_the_app_usable() {
+    let data = small_real_set("cancel");
+    let mut s = tiny_settings(&data);
+    s.train.epochs = 200;
+    s.train.image_size = 256;
+    s.tab = Tab::Train;
+    let mut h = harness(s);
+    h.run_steps(2);
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "the flow stage", |a| a.job.as_ref().is_some_and(|j| j.stage == "flow" && j.done > 0));
+    h.get_by_label("Cancel training").click();
+    let took = wait_until(&mut h, 30, "cancel", |a| !a.busy());
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+    let a = h.state();
+    assert!(a.model.is_none());
+    assert!(a.errors.is_empty(), "a cancel is not an error: {:?}", a.errors);
+    assert!(a.log.iter().any(|l| l.starts_with("training cancelled")), "{:?}", a.log);
+    assert_eq!(a.entries.len(), 16, "the test folder is still open");
+    // Still usable: training can start again.
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    assert!(h.state().busy());
+    h.get_by_label("Cancel training").click();
+    wait_until(&mut h, 30, "second cancel", |a| !a.busy());
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn bad_inputs_show_a_message_naming_the_file() {
+    let data = small_real_set("bad");
+    let mut s = tiny_settings(&data);
+    s.tab = Tab::Train;
+    // A JPEG is not a model.
+    let jpeg = flowspect::data::list_images(&data.join("test/good")).unwrap()[0].clone();
+    s.model_path = jpeg.display().to_string();
+    s.test_dir = String::new();
+    let mut h = harness(s);
+    h.run_steps(2);
+    wait_until(&mut h, 30, "opening", |a| !a.busy());
+    let errs = h.state().errors.join("\n");
+    assert!(errs.contains(&jpeg.display().to_string()), "{errs}");
+    assert!(h.state().model.is_none());
+    // The banner shows it.
+    let name = jpeg.file_name().unwrap().to_string_lossy().into_owned();
+    h.get_by(|n| text_of(n).is_some_and(|l| l.contains(&name) && l.contains("not a flowspect model")));
+    h.get_by_label("Dismiss").click();
+    h.run_steps(2);
+    assert!(h.state().errors.is_empty());
+
+    // An empty folder as the test set.
+    let empty = data.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    h.state_mut().settings.test_dir = empty.display().to_string();
+    h.get_by_label("Data").click();
+    h.run_steps(2);
+    h.get_by_label("Open").click();
+    h.run_steps(2);
+    let errs = h.state().errors.join("\n");
+    assert!(errs.contains(&empty.display().to_string()) && errs.contains("no test images"), "{errs}");
+
+    // A corrupt image in the test folder: the thumbnail says why, the others load.
+    let bad = data.join("test/good/zz_corrupt.jpg");
+    std::fs::write(&bad, b"not a jpeg").unwrap();
+    h.state_mut().settings.test_dir = data.display().to_string();
+    h.get_by_label("Open").click();
+    h.run_steps(2);
+    assert_eq!(h.state().entries.len(), 17);
+    wait_until(&mut h, 60, "thumbnails", |a| a.entries.iter().any(|e| e.error.is_some()) && a.thumbs.len() >= 8);
+    let e = h.state().entries.iter().find(|e| e.error.is_some()).unwrap();
+    assert_eq!(e.sample.path, bad);
+    assert!(e.error.as_ref().unwrap().contains("zz_corrupt.jpg"), "{:?}", e.error);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.into(), value);
+    }
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+    fn flush(&mut self) {}
+}
+
+#[test]
+fn folders_thresholds_and_view_settings_persist() {
+    let data = small_real_set("persist");
+    let mut s = tiny_settings(&data);
+    s.thresholds = flowspect::inspection::Thresholds { accept_below: 3.25, reject_from: Some(4.5) };
+    s.two_thresholds = true;
+    s.opacity = 0.7;
+    s.tab = Tab::Threshold;
+    let mut h = harness(s.clone());
+    h.run_steps(2);
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    let restored: Settings = eframe::get_value(&storage, "flowspect.settings").unwrap();
+    assert_eq!(restored, s);
+    // A new app from the stored settings reopens the folders.
+    let h2 = harness(restored);
+    assert_eq!(h2.state().entries.len(), 16);
+    assert_eq!(h2.state().train_files.len(), 24);
+    assert_eq!(h2.state().settings.active_thresholds().reject_from, Some(4.5));
+    let _ = std::fs::remove_dir_all(&data);
+}
