@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod models;
 pub mod postprocess;
 pub mod progress;
+pub mod report;
 pub mod render;
 pub mod rng;
 

@@ -6,9 +6,16 @@ use serde::{Deserialize, Serialize};
 /// One point of a ROC curve: predicting "defect" for scores `>= threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RocPoint {
+    /// `+inf` for the first point (nothing flagged); JSON has no infinity, so it is
+    /// written as `null` and read back as `+inf`.
+    #[serde(deserialize_with = "threshold_or_inf")]
     pub threshold: f32,
     pub fpr: f64,
     pub tpr: f64,
+}
+
+fn threshold_or_inf<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::INFINITY))
 }
 
 /// ROC curve with ties grouped: one point per distinct score, from the highest

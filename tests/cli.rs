@@ -78,6 +78,39 @@ fn train_eval_predict_on_real_images() {
         assert!(r[2] == *"accept" || r[2] == *"reject");
         assert!(std::path::Path::new(&r[3]).is_file(), "heatmap {} missing", &r[3]);
     }
+
+    // The report command writes all four files and the per-image PNGs.
+    let rep = dir.join("report");
+    let out = flowspect()
+        .args(["report", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&rep)
+        .args(["--threshold", "0", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n = flowspect::data::list_images(&input).unwrap().len();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} images: 0 accept, 0 review, {n} reject")));
+    for f in ["report.csv", "report.json", "report.html", "report.pdf"] {
+        assert!(rep.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(std::fs::read_dir(rep.join("images")).unwrap().count(), 2 * n);
+    // A review threshold below the accept threshold is refused.
+    let out = flowspect()
+        .args(["report", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&rep)
+        .args(["--threshold", "2", "--review-threshold", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("below the accept threshold"));
 }
 
 #[test]

@@ -3,6 +3,7 @@ mod bench;
 mod import;
 mod inspect;
 mod progress;
+mod report;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ pub enum Command {
     Eval(inspect::EvalArgs),
     /// Score images: CSV of scores and verdicts, and a heatmap per image.
     Predict(inspect::PredictArgs),
+    /// Score images and write a defect report: CSV, JSON, HTML, PDF and per-image heatmap and mask PNGs.
+    Report(report::ReportArgs),
     /// Time each stage of the pipeline (median ms per image) at several sizes and batches.
     Bench(bench::BenchArgs),
     /// Print the top ImageNet classes of a photo (checks a backbone file).
@@ -98,6 +101,7 @@ pub fn run() -> Result<()> {
         Some(Command::Eval(a)) => inspect::eval(a),
         Some(Command::Predict(a)) => inspect::predict(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Report(a)) => report::report(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),
     }
