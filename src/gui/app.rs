@@ -254,6 +254,40 @@ impl App {
         self.send(cmd, Job::new("saving the model"));
     }
 
+    /// Writes a report of the test folder into `settings.report_dir` at the thresholds in force.
+    pub fn export_report(&mut self) {
+        if self.busy() {
+            return;
+        }
+        let Some(m) = &self.model else {
+            self.report_error("the report", "no model: train or open one first");
+            return;
+        };
+        let out = PathBuf::from(self.settings.report_dir.trim());
+        if out.as_os_str().is_empty() {
+            self.report_error("the report", "choose a folder for the report first");
+            return;
+        }
+        if self.entries.is_empty() {
+            self.report_error("the report", "no test images: open a test folder first");
+            return;
+        }
+        let options = flowspect::report::ReportOptions {
+            thresholds: self.settings.active_thresholds(),
+            pixel_threshold: self.settings.pixel_threshold,
+            model_path: m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "unsaved model (trained in this session)".into()),
+            input: self.settings.test_dir.trim().to_string(),
+        };
+        let job = Job::new("the report");
+        let cmd = Command::Report {
+            samples: self.entries.iter().map(|e| e.sample.clone()).collect(),
+            options,
+            out,
+            cancel: job.cancel.clone(),
+        };
+        self.send(cmd, job);
+    }
+
     pub fn cancel_job(&mut self) {
         if let Some(j) = &mut self.job {
             j.cancel.cancel();
@@ -356,6 +390,17 @@ impl App {
                     m.meta.pixel_threshold = self.settings.pixel_threshold;
                 }
             }
+            Event::Reported { out, counts, unreadable } => {
+                let skipped = if unreadable > 0 { format!(", {unreadable} unreadable (listed in it)") } else { String::new() };
+                self.say(format!(
+                    "report written to {}: accept {}, review {}, reject {}{skipped}",
+                    out.display(),
+                    counts.accept,
+                    counts.review,
+                    counts.reject
+                ));
+                self.settings.report_dir = out.display().to_string();
+            }
             Event::Failed { what, message } => self.report_error(&what, message),
             Event::Cancelled(what) => {
                 let secs = self
@@ -364,7 +409,11 @@ impl App {
                     .and_then(|j| j.cancel_requested)
                     .map(|t| t.elapsed().as_secs_f64())
                     .unwrap_or(0.0);
-                let kept = if what == "scoring" { "the scores so far are kept" } else { "the previous model, folders and scores are unchanged" };
+                let kept = match what.as_str() {
+                    "scoring" => "the scores so far are kept",
+                    "the report" => "nothing was written; a previous report in that folder is untouched",
+                    _ => "the previous model, folders and scores are unchanged",
+                };
                 self.say(format!("{what} cancelled (stopped {secs:.1} s after Cancel); {kept}"));
             }
             Event::Done => {
@@ -448,6 +497,10 @@ impl App {
             DialogTarget::Backbone => self.settings.train.backbone = path,
             DialogTarget::OpenModel => self.open_model(path, false),
             DialogTarget::SaveModel => self.save_model(path),
+            DialogTarget::ReportDir => {
+                self.settings.report_dir = path.display().to_string();
+                self.export_report();
+            }
         }
     }
 

@@ -51,9 +51,32 @@ pub fn data_ui(ui: &mut egui::Ui, app: &mut App) {
         app.open_test_dir();
     }
     ui.weak("An MVTec category folder (test/ and ground_truth/), a folder with good/ and defect folders, or one unlabeled folder.");
+    report_row(ui, app);
     ui.separator();
     grid_controls(ui, app);
     thumbnail_grid(ui, app);
+}
+
+/// The report folder and "Export report...": CSV, JSON, HTML, PDF and per-image PNGs of
+/// the test folder at the thresholds in force.
+fn report_row(ui: &mut egui::Ui, app: &mut App) {
+    ui.horizontal(|ui| {
+        let l = ui.label("Report folder:");
+        ui.add(egui::TextEdit::singleline(&mut app.settings.report_dir).desired_width(420.0).hint_text("where the report goes"))
+            .labelled_by(l.id);
+        let ready = app.model.is_some() && !app.busy() && !app.entries.is_empty();
+        if ui.add_enabled(!app.busy(), egui::Button::new("Browse...")).on_hover_text("choose the folder and export").clicked() {
+            let start = Some(PathBuf::from(app.settings.report_dir.trim())).filter(|p| !p.as_os_str().is_empty());
+            app.dialogs.open(DialogTarget::ReportDir, start);
+        }
+        let b = ui
+            .add_enabled(ready && !app.settings.report_dir.trim().is_empty(), egui::Button::new("Export report..."))
+            .on_hover_text("report.csv, report.json, report.html, report.pdf and heatmap/mask PNGs of every test image, at the current thresholds")
+            .on_disabled_hover_text("needs a model, test images and a report folder");
+        if b.clicked() {
+            app.export_report();
+        }
+    });
 }
 
 fn grid_controls(ui: &mut egui::Ui, app: &mut App) {

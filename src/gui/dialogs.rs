@@ -14,6 +14,7 @@ pub enum DialogTarget {
     Backbone,
     OpenModel,
     SaveModel,
+    ReportDir,
 }
 
 pub struct Dialogs {
@@ -41,7 +42,7 @@ impl Dialogs {
                 d = d.set_directory(if s.is_dir() { s.clone() } else { s.parent().map(|p| p.to_path_buf()).unwrap_or(s) });
             }
             let picked = match target {
-                DialogTarget::TrainDir | DialogTarget::TestDir => d.pick_folder(),
+                DialogTarget::TrainDir | DialogTarget::TestDir | DialogTarget::ReportDir => d.pick_folder(),
                 DialogTarget::Backbone => d.add_filter("weights", &["safetensors", "pth", "pt"]).pick_file(),
                 DialogTarget::OpenModel => d.add_filter("flowspect model", &["fsm", "safetensors"]).pick_file(),
                 DialogTarget::SaveModel => d

@@ -56,6 +56,8 @@ pub struct Settings {
     pub train_dir: String,
     pub test_dir: String,
     pub model_path: String,
+    /// Folder the last report was exported to.
+    pub report_dir: String,
     pub train: TrainSettings,
     pub thresholds: Thresholds,
     pub two_thresholds: bool,
@@ -87,6 +89,7 @@ impl Default for Settings {
             train_dir: demo.clone(),
             test_dir: demo,
             model_path: String::new(),
+            report_dir: String::new(),
             train: TrainSettings::default(),
             thresholds: Thresholds::single(1.0),
             two_thresholds: false,

@@ -162,6 +162,29 @@ fn train_score_tune_threshold_review_and_save() {
     let in_band = scores.iter().filter(|&&s| s >= t.accept_below && s < u).count();
     assert_eq!(label_with(&h, "Review:"), format!("Review: {in_band}"));
 
+    // Export a report from the Data tab at these thresholds: its verdicts are the app's.
+    let out = data.join("report");
+    h.state_mut().settings.report_dir = out.display().to_string();
+    h.get_by_label("Data").click();
+    h.run_steps(2);
+    h.get_by_label("Export report...").click();
+    h.run_steps(2);
+    assert!(h.state().busy(), "the report did not start: {:?}", h.state().errors);
+    wait_until(&mut h, 300, "the report", |a| !a.busy());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let mut rdr = csv::Reader::from_path(out.join(flowspect::report::CSV_FILE)).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 16);
+    let app_counts = super::state::counts(&h.state().entries, &t);
+    let n = |v: &str| rows.iter().filter(|r| &r[4] == v).count();
+    assert_eq!((n("accept"), n("review"), n("reject")), (app_counts.accept, app_counts.review, app_counts.reject));
+    for f in [flowspect::report::JSON_FILE, flowspect::report::HTML_FILE, flowspect::report::PDF_FILE] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(h.state().log.iter().any(|l| l.starts_with("report written to")), "{:?}", h.state().log);
+    h.get_by_label("Threshold").click();
+    h.run_steps(2);
+
     // Review tab: an image with its overlay; arrow keys step through the images.
     h.get_by_label("Review").click();
     h.run_steps(2);

@@ -10,6 +10,7 @@ use flowspect::inspection::Thresholds;
 use flowspect::models::nfbmr::NfBmrConfig;
 use flowspect::postprocess::resize_bilinear;
 use flowspect::progress::{CancelToken, Progress, ProgressSink};
+use flowspect::report::{self, ReportOptions};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
@@ -82,6 +83,13 @@ pub enum Command {
         samples: Vec<Sample>,
         cancel: CancelToken,
     },
+    /// Scores `samples` again at full resolution and writes a report into `out`.
+    Report {
+        samples: Vec<Sample>,
+        options: ReportOptions,
+        out: PathBuf,
+        cancel: CancelToken,
+    },
 }
 
 /// One scored image as the UI keeps it.
@@ -109,6 +117,8 @@ pub enum Event {
     /// Images the scorer could not read, with the reason (which names the file).
     Unreadable(Vec<(PathBuf, String)>),
     Saved(PathBuf),
+    /// A report was written into this folder.
+    Reported { out: PathBuf, counts: flowspect::inspection::VerdictCounts, unreadable: usize },
     /// The current job failed; `what` names the job, the message names the file.
     Failed { what: String, message: String },
     /// The current job was cancelled; what it finished before is kept.
@@ -242,6 +252,14 @@ fn run(rx: Receiver<Command>, sink: Sink) {
                     Ok(()) => {}
                     Err(flowspect::Error::Cancelled) => sink.send(Event::Cancelled("scoring".into())),
                     Err(e) => sink.send(Event::Failed { what: "scoring".into(), message: e.to_string() }),
+                },
+            },
+            Command::Report { samples, options, out, cancel } => match det.as_ref() {
+                None => sink.send(Event::Failed { what: "the report".into(), message: "no model: train or open one first".into() }),
+                Some(d) => match report::generate(d, &samples, &options, &out, &sink, &cancel) {
+                    Ok(r) => sink.send(Event::Reported { out, counts: r.counts, unreadable: r.dataset.unreadable }),
+                    Err(flowspect::Error::Cancelled) => sink.send(Event::Cancelled("the report".into())),
+                    Err(e) => sink.send(Event::Failed { what: "the report".into(), message: e.to_string() }),
                 },
             },
         }
