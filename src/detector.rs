@@ -8,7 +8,10 @@
 use crate::backbone::{BackboneMode, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, Scored, TrainReport};
+use crate::models::features::{self, FeatureTap};
+use crate::models::memflow::{MemFlow, MemFlowConfig};
+use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, ScoreKind, Scored, TrainReport, default_threshold};
+use crate::progress::Progress;
 use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -24,6 +27,8 @@ const META_KEY: &str = "flowspect.model";
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     NfBmr,
+    #[serde(rename = "memflow")]
+    MemFlow,
 }
 
 impl std::str::FromStr for Method {
@@ -31,7 +36,8 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "nf-bmr" | "nfbmr" => Ok(Method::NfBmr),
-            _ => Err(Error::Config(format!("unknown method '{s}' (available: nf-bmr)"))),
+            "memflow" | "memflownet" => Ok(Method::MemFlow),
+            _ => Err(Error::Config(format!("unknown method '{s}' (available: nf-bmr, memflow)"))),
         }
     }
 }
@@ -40,6 +46,128 @@ impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Method::NfBmr => write!(f, "nf-bmr"),
+            Method::MemFlow => write!(f, "memflow"),
+        }
+    }
+}
+
+/// A method's configuration (which also says which method it is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DetectorConfig {
+    NfBmr(NfBmrConfig),
+    MemFlow(MemFlowConfig),
+}
+
+impl DetectorConfig {
+    /// The default configuration of `method`.
+    pub fn default_for(method: Method) -> Self {
+        match method {
+            Method::NfBmr => Self::NfBmr(NfBmrConfig::default()),
+            Method::MemFlow => Self::MemFlow(MemFlowConfig::default()),
+        }
+    }
+    pub fn method(&self) -> Method {
+        match self {
+            Self::NfBmr(_) => Method::NfBmr,
+            Self::MemFlow(_) => Method::MemFlow,
+        }
+    }
+    pub fn tap(&self) -> &FeatureTap {
+        match self {
+            Self::NfBmr(c) => &c.tap,
+            Self::MemFlow(c) => &c.tap,
+        }
+    }
+    pub fn tap_mut(&mut self) -> &mut FeatureTap {
+        match self {
+            Self::NfBmr(c) => &mut c.tap,
+            Self::MemFlow(c) => &mut c.tap,
+        }
+    }
+    pub fn score(&self) -> ScoreKind {
+        match self {
+            Self::NfBmr(c) => c.score,
+            Self::MemFlow(c) => c.score,
+        }
+    }
+    pub fn set_score(&mut self, k: ScoreKind) {
+        match self {
+            Self::NfBmr(c) => c.score = k,
+            Self::MemFlow(c) => c.score = k,
+        }
+    }
+    /// Sets the maximum epochs of every training phase.
+    pub fn set_epochs(&mut self, e: usize) {
+        match self {
+            Self::NfBmr(c) => {
+                c.flow_optim.epochs = e;
+                c.bmr_optim.epochs = e;
+            }
+            Self::MemFlow(c) => c.flow_optim.epochs = e,
+        }
+    }
+    pub fn set_flow_hidden(&mut self, h: usize) {
+        match self {
+            Self::NfBmr(c) => c.flow.hidden = h,
+            Self::MemFlow(c) => c.flow.hidden = h,
+        }
+    }
+    pub fn set_seed(&mut self, s: u64) {
+        match self {
+            Self::NfBmr(c) => c.seed = s,
+            Self::MemFlow(c) => c.seed = s,
+        }
+    }
+}
+
+impl From<NfBmrConfig> for DetectorConfig {
+    fn from(c: NfBmrConfig) -> Self {
+        Self::NfBmr(c)
+    }
+}
+
+impl From<MemFlowConfig> for DetectorConfig {
+    fn from(c: MemFlowConfig) -> Self {
+        Self::MemFlow(c)
+    }
+}
+
+/// The trained networks of one method.
+pub enum Model {
+    NfBmr(NfBmr),
+    MemFlow(MemFlow),
+}
+
+impl Model {
+    pub fn backbone(&self) -> &EfficientNet {
+        match self {
+            Model::NfBmr(m) => &m.backbone,
+            Model::MemFlow(m) => &m.backbone,
+        }
+    }
+    fn tap(&self) -> &FeatureTap {
+        match self {
+            Model::NfBmr(m) => &m.cfg.tap,
+            Model::MemFlow(m) => &m.cfg.tap,
+        }
+    }
+    pub fn calibration(&self) -> &Calibration {
+        match self {
+            Model::NfBmr(m) => &m.calibration,
+            Model::MemFlow(m) => &m.calibration,
+        }
+    }
+    fn set_score(&mut self, k: ScoreKind) {
+        match self {
+            Model::NfBmr(m) => m.cfg.score = k,
+            Model::MemFlow(m) => m.cfg.score = k,
+        }
+    }
+    fn score_features(&self, f: &[&features::ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
+        match self {
+            Model::NfBmr(m) => m.score_features(f),
+            Model::MemFlow(m) => m.score_features(f, cancel),
         }
     }
 }
@@ -58,7 +186,7 @@ pub struct ModelMeta {
     pub format: String,
     pub version: u32,
     pub method: Method,
-    pub config: NfBmrConfig,
+    pub config: DetectorConfig,
     pub backbone: BackboneInfo,
     pub calibration: Calibration,
     /// Image-level accept/reject threshold (score >= threshold is a reject).
@@ -75,7 +203,7 @@ pub struct ModelMeta {
 
 pub struct Detector {
     pub meta: ModelMeta,
-    pub model: NfBmr,
+    pub model: Model,
 }
 
 /// FNV-1a over the tensors' names and bytes, in name order.
@@ -127,16 +255,18 @@ fn fill_varmap(path: &Path, prefix: &str, vm: &VarMap, t: &HashMap<String, Tenso
 
 impl Detector {
     /// Trains a detector on good images.
+    /// Trains a detector of the method `cfg` configures.
     pub fn train(
-        method: Method,
         backbone: EfficientNet,
         backbone_source: &Path,
-        cfg: NfBmrConfig,
+        cfg: impl Into<DetectorConfig>,
         files: &[PathBuf],
         progress: &dyn ProgressSink,
         cancel: &CancelToken,
     ) -> Result<Self> {
-        let last = cfg.tap.stages.iter().copied().max().unwrap_or(7);
+        let cfg: DetectorConfig = cfg.into();
+        let method = cfg.method();
+        let last = cfg.tap().stages.iter().copied().max().unwrap_or(7);
         let bb_tensors: HashMap<String, Tensor> = backbone
             .tensors()
             .into_iter()
@@ -144,10 +274,17 @@ impl Detector {
             .collect();
         let fp = fingerprint(&bb_tensors)?;
         let bcfg = backbone.config().clone();
-        let (model, report) = match method {
-            Method::NfBmr => NfBmr::train(backbone, cfg.clone(), files, progress, cancel)?,
+        let (model, report) = match &cfg {
+            DetectorConfig::NfBmr(c) => {
+                let (m, r) = NfBmr::train(backbone, c.clone(), files, progress, cancel)?;
+                (Model::NfBmr(m), r)
+            }
+            DetectorConfig::MemFlow(c) => {
+                let (m, r) = MemFlow::train(backbone, c.clone(), files, progress, cancel)?;
+                (Model::MemFlow(m), r)
+            }
         };
-        let threshold = model.default_threshold();
+        let threshold = default_threshold(model.calibration());
         let meta = ModelMeta {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
@@ -158,8 +295,8 @@ impl Detector {
                 fingerprint: fp,
                 source: backbone_source.display().to_string(),
             },
-            pixel_threshold: model.calibration.pixel_p999,
-            calibration: model.calibration.clone(),
+            pixel_threshold: model.calibration().pixel_p999,
+            calibration: model.calibration().clone(),
             threshold,
             review_threshold: None,
             training: report,
@@ -178,26 +315,76 @@ impl Detector {
         progress: &dyn ProgressSink,
         cancel: &CancelToken,
     ) -> Result<(Vec<Scored>, Vec<(PathBuf, String)>)> {
-        self.model.score_paths(paths, progress, cancel)
+        let mut scored = Vec::with_capacity(paths.len());
+        let mut skipped = Vec::new();
+        let mut done = 0;
+        progress.report(Progress::Stage { name: "scoring".into(), total: paths.len() });
+        for chunk in paths.chunks(16) {
+            cancel.check()?;
+            let (f, s) = features::extract_paths(
+                self.model.backbone(),
+                self.model.tap(),
+                chunk,
+                8,
+                &crate::progress::NoProgress,
+                cancel,
+            )?;
+            for (p, msg) in &s {
+                progress.report(Progress::Skipped { message: msg.clone() });
+                skipped.push((p.clone(), msg.clone()));
+            }
+            scored.extend(self.model.score_features(&f.iter().collect::<Vec<_>>(), cancel)?);
+            done += chunk.len();
+            progress.report(Progress::Step { done });
+        }
+        Ok((scored, skipped))
     }
 
     pub fn image_size(&self) -> usize {
-        self.meta.config.tap.image_size
+        self.meta.config.tap().image_size
+    }
+
+    /// Switches the image score (map maximum, flow, fused) without retraining.
+    pub fn set_score(&mut self, k: ScoreKind) {
+        self.meta.config.set_score(k);
+        self.model.set_score(k);
+    }
+
+    /// Size of the memory bank in bytes (MemFlowNet), or `None`.
+    pub fn bank_bytes(&self) -> Option<usize> {
+        match &self.model {
+            Model::MemFlow(m) => Some(m.bank.bytes()),
+            Model::NfBmr(_) => None,
+        }
     }
 
     /// Writes the model file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let last = self.meta.config.tap.stages.iter().copied().max().unwrap_or(7);
-        for (k, v) in self.model.backbone.tensors() {
+        let last = self.meta.config.tap().stages.iter().copied().max().unwrap_or(7);
+        for (k, v) in self.model.backbone().tensors() {
             if keep_backbone_tensor(&k, &self.meta.backbone.config, last) {
                 tensors.push((format!("backbone.{k}"), v.to_device(&Device::Cpu)?));
             }
         }
-        tensors.push(("norm.mean".into(), self.model.mean.to_device(&Device::Cpu)?));
-        tensors.push(("norm.std".into(), self.model.std.to_device(&Device::Cpu)?));
-        varmap_tensors("flow", &self.model.flow_vars, &mut tensors)?;
-        varmap_tensors("bmr", &self.model.bmr_vars, &mut tensors)?;
+        match &self.model {
+            Model::NfBmr(m) => {
+                tensors.push(("norm.mean".into(), m.mean.to_device(&Device::Cpu)?));
+                tensors.push(("norm.std".into(), m.std.to_device(&Device::Cpu)?));
+                varmap_tensors("flow", &m.flow_vars, &mut tensors)?;
+                varmap_tensors("bmr", &m.bmr_vars, &mut tensors)?;
+            }
+            Model::MemFlow(m) => {
+                tensors.push(("memory.bank".into(), m.bank.bank.to_device(&Device::Cpu)?));
+                tensors.push(("memory.mean".into(), m.bank_mean.to_device(&Device::Cpu)?));
+                tensors.push(("memory.std".into(), m.bank_std.to_device(&Device::Cpu)?));
+                for (i, (vm, (mean, std))) in m.flow_vars.iter().zip(&m.flow_norm).enumerate() {
+                    varmap_tensors(&format!("flow{i}"), vm, &mut tensors)?;
+                    tensors.push((format!("flownorm{i}.mean"), mean.to_device(&Device::Cpu)?));
+                    tensors.push((format!("flownorm{i}.std"), std.to_device(&Device::Cpu)?));
+                }
+            }
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let meta_json = serde_json::to_string(&self.meta).map_err(|e| Error::Data(e.to_string()))?;
         let meta: HashMap<String, String> = [(META_KEY.to_string(), meta_json)].into_iter().collect();
@@ -245,7 +432,7 @@ impl Detector {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("backbone.").map(|k| (k.to_string(), v.clone())))
             .collect();
-        let last = meta.config.tap.stages.iter().copied().max().unwrap_or(7);
+        let last = meta.config.tap().stages.iter().copied().max().unwrap_or(7);
         let fp = fingerprint(&bb)?;
         if fp != meta.backbone.fingerprint {
             return Err(Error::bad_file(path, "backbone weights do not match their fingerprint (corrupt file)"));
@@ -257,14 +444,39 @@ impl Detector {
                 .ok_or_else(|| Error::bad_file(path, format!("model file lacks tensor '{n}'")))?
                 .to_device(device)?)
         };
-        let mean = get("norm.mean")?;
-        let std = get("norm.std")?;
-        let mut model = NfBmr::untrained(backbone, meta.config.clone(), mean.dim(0)?)?;
-        fill_varmap(path, "flow", &model.flow_vars, &all)?;
-        fill_varmap(path, "bmr", &model.bmr_vars, &all)?;
-        model.mean = mean;
-        model.std = std;
-        model.calibration = meta.calibration.clone();
+        if meta.config.method() != meta.method {
+            return Err(Error::bad_file(path, format!("model says method {} but has a {} configuration", meta.method, meta.config.method())));
+        }
+        let model = match &meta.config {
+            DetectorConfig::NfBmr(c) => {
+                let mean = get("norm.mean")?;
+                let std = get("norm.std")?;
+                let mut model = NfBmr::untrained(backbone, c.clone(), mean.dim(0)?)?;
+                fill_varmap(path, "flow", &model.flow_vars, &all)?;
+                fill_varmap(path, "bmr", &model.bmr_vars, &all)?;
+                model.mean = mean;
+                model.std = std;
+                model.calibration = meta.calibration.clone();
+                Model::NfBmr(model)
+            }
+            DetectorConfig::MemFlow(c) => {
+                let bank = get("memory.bank")?;
+                let mut model = MemFlow::untrained(backbone, c.clone(), bank.dim(0)?)?;
+                let want = model.bank.bank.dims().to_vec();
+                if bank.dims() != want.as_slice() {
+                    return Err(Error::bad_file(path, format!("memory bank has shape {:?}, expected {want:?}", bank.dims())));
+                }
+                model.bank = crate::models::memory::MemoryBank::new(bank)?;
+                model.bank_mean = get("memory.mean")?;
+                model.bank_std = get("memory.std")?;
+                for i in 0..model.flows.len() {
+                    fill_varmap(path, &format!("flow{i}"), &model.flow_vars[i], &all)?;
+                    model.flow_norm[i] = (get(&format!("flownorm{i}.mean"))?, get(&format!("flownorm{i}.std"))?);
+                }
+                model.calibration = meta.calibration.clone();
+                Model::MemFlow(model)
+            }
+        };
         Ok(Self { meta, model })
     }
 }

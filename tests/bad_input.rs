@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data;
-use flowspect::detector::{Detector, Method};
+use flowspect::detector::Detector;
 use flowspect::evaluate::evaluate;
 use flowspect::progress::{CancelToken, NoProgress};
 use image::{ImageBuffer, Luma, Rgba};
@@ -51,7 +51,7 @@ fn training_skips_bad_files_by_name_and_uses_the_rest() {
             skipped.lock().unwrap().push(message);
         }
     };
-    let det = Detector::train(Method::NfBmr, lite0(), &root(), tiny_config(), &files, &sink, &CancelToken::new()).unwrap();
+    let det = Detector::train(lite0(), &root(), tiny_config(), &files, &sink, &CancelToken::new()).unwrap();
     let r = &det.meta.training;
     assert_eq!(r.n_train + r.n_val, 5, "3 JPEGs + 16-bit + RGBA");
     let names: Vec<String> = r.skipped.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
@@ -95,7 +95,7 @@ fn defect_without_mask_is_left_out_of_pixel_metrics_only() {
         std::fs::copy(mt.join("ground_truth/crack").join(&m), dir.join("ground_truth/crack").join(&m)).unwrap();
     }
     let train = first_images(&mt.join("train/good"), 4);
-    let det = Detector::train(Method::NfBmr, lite0(), &root(), tiny_config(), &train, &NoProgress, &CancelToken::new()).unwrap();
+    let det = Detector::train(lite0(), &root(), tiny_config(), &train, &NoProgress, &CancelToken::new()).unwrap();
     let samples = data::test_samples(&dir).unwrap();
     assert_eq!(samples.len(), 6);
     assert_eq!(samples.iter().filter(|s| s.mask.is_some()).count(), 2);

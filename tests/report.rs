@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::{self, Sample};
-use flowspect::detector::{Detector, Method};
+use flowspect::detector::Detector;
 use flowspect::inspection::{Thresholds, Verdict};
 use flowspect::metrics;
 use flowspect::progress::{CancelToken, NoProgress, Progress};
@@ -33,7 +33,7 @@ fn setup(name: &str) -> (Detector, PathBuf, Vec<Sample>) {
     let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
     let mut cfg = tiny_config();
     cfg.tap.image_size = 128;
-    let det = Detector::train(Method::NfBmr, net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
+    let det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
     let test = dir.join("data");
     copy(&mt.join("test/good"), &test.join("test/good"), 6);
     for kind in ["blowhole", "crack"] {

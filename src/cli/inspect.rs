@@ -4,10 +4,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::{self, spread};
-use flowspect::detector::{Detector, Method};
+use flowspect::detector::{Detector, DetectorConfig, Method};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::evaluate;
-use flowspect::models::nfbmr::{NfBmrConfig, ScoreKind};
+use flowspect::models::nfbmr::ScoreKind;
 use flowspect::progress::CancelToken;
 use std::path::PathBuf;
 
@@ -16,18 +16,22 @@ pub struct TrainArgs {
     /// Good images: an MVTec category folder (uses train/good), a folder with good/, or a plain folder.
     #[arg(long)]
     pub data: PathBuf,
+    /// nf-bmr (normalizing flow + bidirectional mapping) or memflow (memory bank + multi-scale flows).
     #[arg(long, default_value = "nf-bmr")]
     pub method: Method,
     /// Input side length in pixels.
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Backbone stage(s) to tap, comma-separated (1..7).
+    /// Backbone stage(s) to tap, comma-separated (1..7); for memflow, the memory bank's stages.
     #[arg(long, value_delimiter = ',')]
     pub stage: Option<Vec<usize>>,
+    /// memflow: fraction of the training patches kept in the memory bank (greedy k-center coreset).
+    #[arg(long)]
+    pub coreset_ratio: Option<f64>,
     /// Maximum epochs of each training phase (flow, then BMR); early stopping may end sooner.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Hidden width of the BMR mapping networks.
+    /// Hidden width of the BMR mapping networks (nf-bmr).
     #[arg(long)]
     pub hidden: Option<usize>,
     /// Hidden width of the flow's couplings.
@@ -57,38 +61,62 @@ pub struct TrainArgs {
     pub out: PathBuf,
 }
 
-pub fn config_from(a: &TrainArgs) -> NfBmrConfig {
-    let mut cfg = NfBmrConfig::default();
+pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
+    let mut cfg = DetectorConfig::default_for(a.method);
     if let Some(s) = a.image_size {
-        cfg.tap.image_size = s;
-    }
-    if let Some(s) = &a.stage {
-        cfg.tap.stages = s.clone();
+        cfg.tap_mut().image_size = s;
     }
     if let Some(e) = a.epochs {
-        cfg.flow_optim.epochs = e;
-        cfg.bmr_optim.epochs = e;
-    }
-    if let Some(h) = a.hidden {
-        cfg.bmr.hidden = h;
-        cfg.bmr.bottleneck = (h / 4).max(1);
+        cfg.set_epochs(e);
     }
     if let Some(h) = a.flow_hidden {
-        cfg.flow.hidden = h;
+        cfg.set_flow_hidden(h);
     }
     if let Some(s) = a.score {
-        cfg.score = s;
-    }
-    if let Some(l) = a.flow_lr {
-        cfg.flow_optim.lr = l;
-    }
-    if let Some(l) = a.bmr_lr {
-        cfg.bmr_optim.lr = l;
+        cfg.set_score(s);
     }
     if let Some(s) = a.seed {
-        cfg.seed = s;
+        cfg.set_seed(s);
     }
-    cfg
+    match &mut cfg {
+        DetectorConfig::NfBmr(c) => {
+            if let Some(s) = &a.stage {
+                c.tap.stages = s.clone();
+            }
+            if let Some(h) = a.hidden {
+                c.bmr.hidden = h;
+                c.bmr.bottleneck = (h / 4).max(1);
+            }
+            if let Some(l) = a.flow_lr {
+                c.flow_optim.lr = l;
+            }
+            if let Some(l) = a.bmr_lr {
+                c.bmr_optim.lr = l;
+            }
+            if a.coreset_ratio.is_some() {
+                bail!("--coreset-ratio is a memflow option");
+            }
+        }
+        DetectorConfig::MemFlow(c) => {
+            if let Some(s) = &a.stage {
+                c.bank_stages = s.clone();
+                let mut all: Vec<usize> = s.iter().chain(&c.flow_stages).copied().collect();
+                all.sort();
+                all.dedup();
+                c.tap.stages = all;
+            }
+            if let Some(l) = a.flow_lr {
+                c.flow_optim.lr = l;
+            }
+            if let Some(r) = a.coreset_ratio {
+                c.coreset_ratio = r;
+            }
+            if a.hidden.is_some() || a.bmr_lr.is_some() {
+                bail!("--hidden and --bmr-lr are nf-bmr options (memflow has no BMR)");
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
@@ -97,8 +125,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let bb_path = a.backbone.clone().unwrap_or_else(backbone::default_backbone_path);
     let net = backbone::load(&bb_path, &dev, BackboneMode::Fast)
         .with_context(|| format!("loading backbone {}", bb_path.display()))?;
-    let cfg = config_from(&a);
-    for &s in &cfg.tap.stages {
+    let cfg = config_from(&a)?;
+    for &s in &cfg.tap().stages {
         backbone::config::check_stage(s)?;
     }
     eprintln!(
@@ -107,26 +135,43 @@ pub fn train(a: TrainArgs) -> Result<()> {
         files.len(),
         a.data.display(),
         net.config().variant,
-        cfg.tap.stages,
-        cfg.tap.image_size,
+        cfg.tap().stages,
+        cfg.tap().image_size,
         device::describe(&dev)
     );
     let progress = CliProgress::new();
-    let det = Detector::train(a.method, net, &bb_path, cfg, &files, &progress, &CancelToken::new())?;
+    let det = Detector::train(net, &bb_path, cfg, &files, &progress, &CancelToken::new())?;
     progress.finish();
     det.save(&a.out)?;
     let r = &det.meta.training;
+    let stages = match &r.bank {
+        None => format!(
+            "flow {} epochs {:.1} s, bmr {} epochs {:.1} s",
+            r.flow.train_loss.len(),
+            r.flow.seconds,
+            r.bmr.train_loss.len(),
+            r.bmr.seconds
+        ),
+        Some(b) => {
+            let flows: Vec<String> = r.flows.iter().map(|h| format!("{} epochs {:.1} s", h.train_loss.len(), h.seconds)).collect();
+            format!(
+                "memory bank {} of {} patches, {:.1} MB, coreset {:.1} s; flows {}",
+                b.rows,
+                b.patches,
+                b.megabytes,
+                b.coreset_seconds,
+                flows.join(", ")
+            )
+        }
+    };
     println!(
-        "trained on {} images ({} held out, {} skipped) in {:.1} s (features {:.1} s, flow {} epochs {:.1} s, bmr {} epochs {:.1} s)",
+        "trained {} on {} images ({} held out, {} skipped) in {:.1} s (features {:.1} s, {stages})",
+        det.meta.method,
         r.n_train,
         r.n_val,
         r.skipped.len(),
         r.total_seconds,
         r.feature_seconds,
-        r.flow.train_loss.len(),
-        r.flow.seconds,
-        r.bmr.train_loss.len(),
-        r.bmr.seconds
     );
     for (p, why) in &r.skipped {
         println!("skipped {}: {why}", p.display());
@@ -163,7 +208,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let dev = a.device.open()?;
     let mut det = Detector::load(&a.model, &dev)?;
     if let Some(s) = a.score {
-        det.model.cfg.score = s;
+        det.set_score(s);
     }
     let samples = spread(&data::test_samples(&a.data)?, a.limit);
     if samples.iter().all(|s| s.defect.is_none()) {

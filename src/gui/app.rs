@@ -337,7 +337,7 @@ impl App {
                 }
                 if let Some(p) = &path {
                     self.settings.model_path = p.display().to_string();
-                    self.say(format!("opened model {} ({}, {} px, device {device})", p.display(), meta.method, meta.config.tap.image_size));
+                    self.say(format!("opened model {} ({}, {} px, device {device})", p.display(), meta.method, meta.config.tap().image_size));
                 } else {
                     let t = &meta.training;
                     self.say(format!(
@@ -549,7 +549,7 @@ impl App {
                         .and_then(|p| p.file_name())
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "unsaved model".into());
-                    ui.label(format!("Model: {name} ({}, {} px)", m.meta.method, m.meta.config.tap.image_size));
+                    ui.label(format!("Model: {name} ({}, {} px)", m.meta.method, m.meta.config.tap().image_size));
                 }
                 None => {
                     ui.weak("No model yet");

@@ -290,6 +290,41 @@ fn bad_inputs_show_a_message_naming_the_file() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+#[test]
+fn memflow_is_chosen_trained_and_scored_in_the_app() {
+    let data = small_real_set("memflow");
+    let mut s = tiny_settings(&data);
+    s.tab = Tab::Train;
+    let mut h = harness(s);
+    h.run_steps(2);
+    h.get_by_label("Method").click();
+    h.run_steps(2);
+    h.get_by_label("memflow (memory bank + multi-scale flows)").click();
+    h.run_steps(2);
+    let t = &h.state().settings.train;
+    assert_eq!(t.method, flowspect::detector::Method::MemFlow);
+    assert_eq!(t.image_size, 256, "switching the method brings its defaults");
+    // Keep it small for CI.
+    h.state_mut().settings.train.image_size = 128;
+    h.state_mut().settings.train.epochs = 2;
+    h.state_mut().settings.train.flow_hidden = 32;
+    h.get_by_label("Start training").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "training", |a| !a.busy());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let m = h.state().model.as_ref().expect("a model");
+    assert_eq!(m.meta.method, flowspect::detector::Method::MemFlow);
+    assert!(m.meta.training.bank.as_ref().is_some_and(|b| b.rows > 0));
+    assert!(h.state().losses.iter().any(|(s, _)| s.starts_with("flow (stage 6)")), "{:?}", h.state().losses);
+    h.get_by_label("Data").click();
+    h.run_steps(2);
+    h.get_by_label("Score test images").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "scoring", |a| !a.busy());
+    assert!(h.state().entries.iter().all(|e| e.result.as_ref().is_some_and(|r| r.score.is_finite())));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 #[derive(Default)]
 struct MemoryStorage(std::collections::HashMap<String, String>);
 

@@ -21,13 +21,19 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
         egui::Grid::new("train-settings").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
             let s = &mut app.settings.train;
             let l = ui.label("Method");
+            let before = s.method;
             egui::ComboBox::from_id_salt("method")
                 .selected_text(s.method.to_string())
                 .show_ui(ui, |ui| {
                     ui.selectable_value(&mut s.method, Method::NfBmr, "nf-bmr (normalizing flow + bidirectional mapping)");
+                    ui.selectable_value(&mut s.method, Method::MemFlow, "memflow (memory bank + multi-scale flows)");
                 })
                 .response
                 .labelled_by(l.id);
+            if s.method != before {
+                // Each method has its own input size, epochs and widths.
+                s.use_method_defaults();
+            }
             ui.end_row();
             let l = ui.label("Backbone weights");
             ui.horizontal(|ui| {
@@ -116,8 +122,8 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
             m.meta.method,
             m.meta.backbone.config.variant,
             m.meta.backbone.fingerprint,
-            m.meta.config.tap.stages,
-            m.meta.config.tap.image_size,
+            m.meta.config.tap().stages,
+            m.meta.config.tap().image_size,
             m.device,
             t.n_train,
             t.total_seconds,

@@ -4,10 +4,9 @@
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::Sample;
-use flowspect::detector::{Detector, Method, ModelMeta};
+use flowspect::detector::{Detector, DetectorConfig, Method, ModelMeta};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::inspection::Thresholds;
-use flowspect::models::nfbmr::NfBmrConfig;
 use flowspect::postprocess::resize_bilinear;
 use flowspect::progress::{CancelToken, Progress, ProgressSink};
 use flowspect::report::{self, ReportOptions};
@@ -35,29 +34,48 @@ pub struct TrainSettings {
 
 impl Default for TrainSettings {
     fn default() -> Self {
-        let d = NfBmrConfig::default();
-        Self {
+        let mut s = Self {
             method: Method::NfBmr,
             backbone: backbone::default_backbone_path(),
-            image_size: d.tap.image_size,
-            epochs: d.flow_optim.epochs,
+            image_size: 0,
+            epochs: 0,
             device: DeviceChoice::Auto,
             max_images: 0,
-            flow_hidden: d.flow.hidden,
-            bmr_hidden: d.bmr.hidden,
-        }
+            flow_hidden: 0,
+            bmr_hidden: 0,
+        };
+        s.use_method_defaults();
+        s
     }
 }
 
 impl TrainSettings {
-    pub fn config(&self) -> NfBmrConfig {
-        let mut cfg = NfBmrConfig::default();
-        cfg.tap.image_size = self.image_size;
-        cfg.flow_optim.epochs = self.epochs;
-        cfg.bmr_optim.epochs = self.epochs;
-        cfg.flow.hidden = self.flow_hidden;
-        cfg.bmr.hidden = self.bmr_hidden;
-        cfg.bmr.bottleneck = (self.bmr_hidden / 4).max(1);
+    /// Input size, epochs and widths of `self.method`'s default configuration.
+    pub fn use_method_defaults(&mut self) {
+        match DetectorConfig::default_for(self.method) {
+            DetectorConfig::NfBmr(c) => {
+                self.image_size = c.tap.image_size;
+                self.epochs = c.flow_optim.epochs;
+                self.flow_hidden = c.flow.hidden;
+                self.bmr_hidden = c.bmr.hidden;
+            }
+            DetectorConfig::MemFlow(c) => {
+                self.image_size = c.tap.image_size;
+                self.epochs = c.flow_optim.epochs;
+                self.flow_hidden = c.flow.hidden;
+            }
+        }
+    }
+
+    pub fn config(&self) -> DetectorConfig {
+        let mut cfg = DetectorConfig::default_for(self.method);
+        cfg.tap_mut().image_size = self.image_size;
+        cfg.set_epochs(self.epochs);
+        cfg.set_flow_hidden(self.flow_hidden);
+        if let DetectorConfig::NfBmr(c) = &mut cfg {
+            c.bmr.hidden = self.bmr_hidden;
+            c.bmr.bottleneck = (self.bmr_hidden / 4).max(1);
+        }
         cfg
     }
 }
@@ -278,7 +296,7 @@ fn train(
     let net = backbone::load(&s.backbone, &dev, BackboneMode::Fast)?;
     let cfg = s.config();
     let files = flowspect::data::spread(files, (s.max_images > 0).then_some(s.max_images));
-    let det = Detector::train(s.method, net, &s.backbone, cfg, &files, sink, cancel)?;
+    let det = Detector::train(net, &s.backbone, cfg, &files, sink, cancel)?;
     Ok((det, device::describe(&dev)))
 }
 

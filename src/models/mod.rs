@@ -2,5 +2,7 @@
 pub mod bmr;
 pub mod features;
 pub mod flow;
+pub mod memflow;
+pub mod memory;
 pub mod nfbmr;
 pub mod training;

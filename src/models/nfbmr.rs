@@ -159,6 +159,12 @@ pub struct TrainReport {
     pub flow: History,
     pub bmr: History,
     pub total_seconds: f64,
+    /// MemFlowNet: one flow per scale (`flow` is the first of them).
+    #[serde(default)]
+    pub flows: Vec<History>,
+    /// MemFlowNet: the memory bank.
+    #[serde(default)]
+    pub bank: Option<super::memflow::BankReport>,
 }
 
 pub struct NfBmr {
@@ -361,6 +367,8 @@ impl NfBmr {
             flow: flow_hist,
             bmr: bmr_hist,
             total_seconds: t0.elapsed().as_secs_f64(),
+            flows: Vec::new(),
+            bank: None,
         };
         Ok((model, report))
     }
@@ -432,54 +440,23 @@ impl NfBmr {
         Ok(out)
     }
 
-    /// Decodes and scores image files; unreadable ones come back as errors naming the file.
-    pub fn score_paths(
-        &self,
-        paths: &[PathBuf],
-        progress: &dyn ProgressSink,
-        cancel: &CancelToken,
-    ) -> Result<(Vec<Scored>, Vec<(PathBuf, String)>)> {
-        let mut scored = Vec::with_capacity(paths.len());
-        let mut skipped = Vec::new();
-        let mut done = 0;
-        progress.report(Progress::Stage { name: "scoring".into(), total: paths.len() });
-        for chunk in paths.chunks(16) {
-            cancel.check()?;
-            let (f, s) = features::extract_paths(
-                &self.backbone,
-                &self.cfg.tap,
-                chunk,
-                8,
-                &crate::progress::NoProgress,
-                cancel,
-            )?;
-            for (p, msg) in &s {
-                progress.report(Progress::Skipped { message: msg.clone() });
-                skipped.push((p.clone(), msg.clone()));
-            }
-            scored.extend(self.score_features(&f.iter().collect::<Vec<_>>())?);
-            done += chunk.len();
-            progress.report(Progress::Step { done });
-        }
-        Ok((scored, skipped))
-    }
+}
 
-    /// The default accept/reject threshold: mean + 3 standard deviations of the
-    /// held-out good images' scores.
-    pub fn default_threshold(&self) -> f32 {
-        let v = &self.calibration.val_scores;
-        if v.is_empty() {
-            return f32::INFINITY;
-        }
-        let m = v.iter().sum::<f32>() / v.len() as f32;
-        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
-        m + 3.0 * sd
+/// The default accept/reject threshold: mean + 3 standard deviations of the held-out
+/// good images' scores.
+pub fn default_threshold(cal: &Calibration) -> f32 {
+    let v = &cal.val_scores;
+    if v.is_empty() {
+        return f32::INFINITY;
     }
+    let m = v.iter().sum::<f32>() / v.len() as f32;
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+    m + 3.0 * sd
 }
 
 /// Per-position mean, and a scale that blends the per-position and the global
 /// standard deviation (a few dozen images give a noisy per-position estimate).
-fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
     let maps: Vec<&Vec<f32>> = maps.collect();
     let Some(first) = maps.first() else { return (Vec::new(), Vec::new()) };
     let n = maps.len() as f32;
@@ -518,7 +495,7 @@ pub fn image_score(kind: ScoreKind, map_max: f32, flow_max: f32, cal: &Calibrati
     }
 }
 
-fn calibrate(scored: &[Scored], kind: ScoreKind) -> Calibration {
+pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind) -> Calibration {
     let maps: Vec<f32> = scored.iter().map(|s| s.map_max).collect();
     let flows: Vec<f32> = scored.iter().map(|s| s.flow_max).collect();
     let (map_mean, map_std) = mean_std(&maps);

@@ -284,7 +284,7 @@ fn summarise(det: &Detector, opts: &ReportOptions, images: Vec<ImageRow>) -> Rep
             method: m.method.to_string(),
             backbone: m.backbone.config.variant.to_string(),
             backbone_fingerprint: m.backbone.fingerprint.clone(),
-            image_size: m.config.tap.image_size,
+            image_size: m.config.tap().image_size,
         },
         thresholds: opts.thresholds,
         pixel_threshold: opts.pixel_threshold,

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+use flowspect::models::memflow::MemFlowConfig;
 use flowspect::models::nfbmr::NfBmrConfig;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,16 @@ pub fn tiny_config() -> NfBmrConfig {
     c.bmr.bottleneck = 8;
     c.flow_optim.epochs = 2;
     c.bmr_optim.epochs = 2;
+    c
+}
+
+/// A very small MemFlowNet configuration (plumbing, not accuracy).
+pub fn tiny_memflow() -> MemFlowConfig {
+    let mut c = MemFlowConfig::default();
+    c.tap.image_size = 64;
+    c.flow.hidden = 32;
+    c.flow_optim.epochs = 2;
+    c.coreset_ratio = 0.5;
     c
 }
 

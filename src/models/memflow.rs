@@ -1,0 +1,468 @@
+//! MemFlowNet (Huang et al., ICONIP 2023): a memory bank of noise-insensitive patch
+//! features for the pixel-level map, and normalizing flows on multi-scale features for
+//! the image-level score.
+//!
+//! The paper publishes only an abstract; where it is silent this follows the closest
+//! well-documented practice, and each choice is an option of [`MemFlowConfig`]:
+//! - **Features**: one pass of the frozen backbone; the bank uses stages 4 and 5
+//!   (stride 16, concatenated, standardised per channel with the training images'
+//!   statistics so neither stage dominates the distance), the flows use stage 5
+//!   (stride 16) and stage 6 (stride 32) as two scales (FastFlow / CS-Flow use
+//!   several backbone scales). The input is mirrored at the border, as for NF-BMR.
+//! - **Noise-insensitive averaging**: each bank feature is the mean over its 3x3
+//!   neighbourhood (PatchCore's local aggregation), so a single noisy position neither
+//!   enters the bank as a "good" outlier nor stands out at test time.
+//! - **Bank size**: greedy k-center coreset (PatchCore) of `coreset_ratio` of all
+//!   training patches, capped at `max_bank` rows, selected on a random projection to
+//!   `projection` dimensions; the bank keeps the full features.
+//! - **Pixel map**: distance of each test patch to its nearest bank entry, found by
+//!   batched matrix products; upsampled to the input size and Gaussian-smoothed.
+//! - **Flows**: one Real-NVP per scale (the same coupling blocks as NF-BMR's TNF),
+//!   trained by negative log-likelihood on standardised features; per-position NLL
+//!   maps, upsampled and smoothed.
+//! - **Maps on a common scale**: as for NF-BMR, every map is normalised per position
+//!   with held-out good images (every input is resized to the same square, so a
+//!   position that is always high on good images is not an anomaly).
+//! - **Score fusion**: the image score adds the memory map's maximum and the flows'
+//!   maximum (the scales averaged), each standardised by the held-out good images'
+//!   mean and deviation (`ScoreKind::Fused`, the default); `map-max` and `flow-nll`
+//!   use one of them alone.
+use super::features::{self, FeatureTap, ImageFeatures};
+use super::flow::{FlowConfig, RealNvp};
+use super::memory::{MemoryBank, greedy_coreset, local_average};
+use super::nfbmr::{Calibration, ScoreKind, Scored, TrainReport, calibrate, position_stats};
+use super::training::{self, OptimConfig};
+use crate::backbone::EfficientNet;
+use crate::backbone::config::STAGE_STRIDE;
+use crate::error::{Error, Result};
+use crate::postprocess;
+use crate::progress::{CancelToken, Progress, ProgressSink};
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemFlowConfig {
+    /// Input size and every stage used (bank and flows), at the finest stride.
+    pub tap: FeatureTap,
+    /// Stages whose features make up the memory bank (concatenated).
+    pub bank_stages: Vec<usize>,
+    /// Stages each with its own flow (one per scale).
+    pub flow_stages: Vec<usize>,
+    /// Side of the local averaging window (1 = none).
+    pub neighbourhood: usize,
+    /// Fraction of the training patches kept in the bank.
+    pub coreset_ratio: f64,
+    /// Upper bound on the bank's rows, whatever the ratio.
+    pub max_bank: usize,
+    /// Dimensions of the random projection the coreset is selected on (0 = none).
+    pub projection: usize,
+    pub flow: FlowConfig,
+    pub flow_optim: OptimConfig,
+    pub val_fraction: f64,
+    pub smoothing_sigma: f32,
+    pub score: ScoreKind,
+    pub position_norm: bool,
+    pub seed: u64,
+}
+
+impl Default for MemFlowConfig {
+    fn default() -> Self {
+        Self {
+            tap: FeatureTap { image_size: 256, stages: vec![4, 5, 6], reflect_cells: 2 },
+            bank_stages: vec![4, 5],
+            flow_stages: vec![5, 6],
+            neighbourhood: 3,
+            coreset_ratio: 0.1,
+            max_bank: 40_000,
+            projection: 128,
+            flow: FlowConfig { blocks: 4, hidden: 256, clamp: 1.9, seed: 7 },
+            flow_optim: OptimConfig {
+                epochs: 8,
+                batch_size: 8,
+                lr: 2e-4,
+                weight_decay: 1e-5,
+                patience: 3,
+                min_delta: 1e-3,
+            },
+            val_fraction: 0.1,
+            smoothing_sigma: 4.0,
+            score: ScoreKind::Fused,
+            position_norm: true,
+            seed: 42,
+        }
+    }
+}
+
+/// Where each stage's channels sit in the tapped features, and its subsampling step.
+#[derive(Debug, Clone)]
+struct Slice {
+    offset: usize,
+    channels: usize,
+    step: usize,
+}
+
+/// What training the memory bank did (in the training report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BankReport {
+    pub patches: usize,
+    pub rows: usize,
+    pub dim: usize,
+    pub megabytes: f64,
+    pub coreset_seconds: f64,
+}
+
+pub struct MemFlow {
+    pub cfg: MemFlowConfig,
+    pub backbone: EfficientNet,
+    pub bank: MemoryBank,
+    pub bank_mean: Tensor,
+    pub bank_std: Tensor,
+    pub flows: Vec<RealNvp>,
+    pub flow_vars: Vec<VarMap>,
+    pub flow_norm: Vec<(Tensor, Tensor)>,
+    pub calibration: Calibration,
+}
+
+/// Raw per-image maps at the input size, before position normalisation.
+struct RawMaps {
+    memory: Vec<f32>,
+    flows: Vec<Vec<f32>>,
+}
+
+fn slices(backbone: &EfficientNet, cfg: &MemFlowConfig, stages: &[usize]) -> Result<Vec<Slice>> {
+    let finest = cfg.tap.stride();
+    let mut out = Vec::new();
+    for &s in stages {
+        let pos = cfg
+            .tap
+            .stages
+            .iter()
+            .position(|&t| t == s)
+            .ok_or_else(|| Error::Config(format!("stage {s} is not among the tapped stages {:?}", cfg.tap.stages)))?;
+        let offset = cfg.tap.stages[..pos]
+            .iter()
+            .map(|&t| backbone.config().stage_channels(t))
+            .sum::<Result<usize>>()?;
+        out.push(Slice { offset, channels: backbone.config().stage_channels(s)?, step: STAGE_STRIDE[s - 1] / finest });
+    }
+    Ok(out)
+}
+
+/// `[.., h, w, C]` -> the channels of `s`, at that stage's own resolution.
+fn take(f: &Tensor, s: &Slice) -> Result<Tensor> {
+    let nd = f.rank();
+    let mut t = f.narrow(nd - 1, s.offset, s.channels)?;
+    if s.step > 1 {
+        // The coarser stage was upsampled by repetition; every step-th position is it.
+        let h = t.dim(nd - 3)?;
+        let idx: Vec<u32> = (0..h).step_by(s.step).map(|i| i as u32).collect();
+        let idx = Tensor::from_vec(idx.clone(), idx.len(), f.device())?;
+        t = t.contiguous()?.index_select(&idx, nd - 3)?.index_select(&idx, nd - 2)?;
+    }
+    Ok(t.contiguous()?)
+}
+
+fn bank_features(f: &Tensor, sl: &[Slice]) -> Result<Tensor> {
+    let parts: Vec<Tensor> = sl.iter().map(|s| take(f, s)).collect::<Result<_>>()?;
+    Ok(Tensor::cat(&parts, D::Minus1)?)
+}
+
+impl MemFlow {
+    fn bank_slices(&self) -> Result<Vec<Slice>> {
+        slices(&self.backbone, &self.cfg, &self.cfg.bank_stages)
+    }
+    fn flow_slices(&self) -> Result<Vec<Slice>> {
+        slices(&self.backbone, &self.cfg, &self.cfg.flow_stages)
+    }
+
+    fn check(cfg: &MemFlowConfig) -> Result<()> {
+        if cfg.bank_stages.is_empty() || cfg.flow_stages.is_empty() {
+            return Err(Error::Config("memflow needs at least one bank stage and one flow stage".into()));
+        }
+        let finest = cfg.tap.stride();
+        for &s in cfg.bank_stages.iter().chain(&cfg.flow_stages) {
+            crate::backbone::config::check_stage(s)?;
+            if cfg.bank_stages.contains(&s) && STAGE_STRIDE[s - 1] != finest {
+                return Err(Error::Config(format!("bank stage {s} must have the finest stride ({finest})")));
+            }
+            if (cfg.tap.reflect_cells * finest) % STAGE_STRIDE[s - 1] != 0 {
+                return Err(Error::Config(format!("the border padding must be a whole number of stage {s} cells")));
+            }
+        }
+        if !(cfg.coreset_ratio > 0.0 && cfg.coreset_ratio <= 1.0) {
+            return Err(Error::Config(format!("coreset ratio {} must be in (0, 1]", cfg.coreset_ratio)));
+        }
+        Ok(())
+    }
+
+    /// A model with an empty bank and untrained flows of the given sizes (loading).
+    pub fn untrained(backbone: EfficientNet, cfg: MemFlowConfig, bank_rows: usize) -> Result<Self> {
+        Self::check(&cfg)?;
+        let device = backbone.device().clone();
+        let bdim: usize = slices(&backbone, &cfg, &cfg.bank_stages)?.iter().map(|s| s.channels).sum();
+        let fsl = slices(&backbone, &cfg, &cfg.flow_stages)?;
+        let mut flows = Vec::new();
+        let mut flow_vars = Vec::new();
+        let mut flow_norm = Vec::new();
+        for s in &fsl {
+            let vm = VarMap::new();
+            flows.push(RealNvp::new(VarBuilder::from_varmap(&vm, DType::F32, &device), s.channels, &cfg.flow, true)?);
+            flow_vars.push(vm);
+            flow_norm.push((Tensor::zeros(s.channels, DType::F32, &device)?, Tensor::ones(s.channels, DType::F32, &device)?));
+        }
+        Ok(Self {
+            bank: MemoryBank::new(Tensor::zeros((bank_rows, bdim), DType::F32, &device)?)?,
+            bank_mean: Tensor::zeros(bdim, DType::F32, &device)?,
+            bank_std: Tensor::ones(bdim, DType::F32, &device)?,
+            cfg,
+            backbone,
+            flows,
+            flow_vars,
+            flow_norm,
+            calibration: Calibration::default(),
+        })
+    }
+
+    /// Trains on good images: features, bank with coreset, one flow per scale,
+    /// calibration on held-out good images.
+    pub fn train(
+        backbone: EfficientNet,
+        cfg: MemFlowConfig,
+        files: &[PathBuf],
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<(Self, TrainReport)> {
+        Self::check(&cfg)?;
+        let t0 = std::time::Instant::now();
+        if files.is_empty() {
+            return Err(Error::Data("no training images".into()));
+        }
+        progress.report(Progress::Stage { name: "features".into(), total: files.len() });
+        let (feats, skipped) = features::extract_paths(&backbone, &cfg.tap, files, 8, progress, cancel)?;
+        if feats.len() < 2 {
+            return Err(Error::Data(format!(
+                "only {} readable training image(s) of {}; at least 2 are needed",
+                feats.len(),
+                files.len()
+            )));
+        }
+        let feature_seconds = t0.elapsed().as_secs_f64();
+        let n_val = ((feats.len() as f64 * cfg.val_fraction).round() as usize).min(feats.len() - 1);
+        let every = if n_val > 0 { feats.len() / n_val } else { usize::MAX };
+        let (mut tr, mut va): (Vec<&ImageFeatures>, Vec<&ImageFeatures>) = (Vec::new(), Vec::new());
+        for (i, f) in feats.iter().enumerate() {
+            if n_val > 0 && i % every == every - 1 && va.len() < n_val {
+                va.push(f)
+            } else {
+                tr.push(f)
+            }
+        }
+        let mut model = Self::untrained(backbone, cfg, 0)?;
+        let cfg = model.cfg.clone();
+
+        // The memory bank.
+        let bsl = model.bank_slices()?;
+        let raw: Vec<Tensor> = tr.iter().map(|f| bank_features(&f.features, &bsl)).collect::<Result<_>>()?;
+        let (bm, bs) = features::channel_stats(&raw.iter().collect::<Vec<_>>())?;
+        let mut patches = Vec::with_capacity(raw.len());
+        for chunk in raw.chunks(16) {
+            cancel.check()?;
+            let b = Tensor::stack(chunk, 0)?.broadcast_sub(&bm)?.broadcast_div(&bs)?;
+            let b = local_average(&b, cfg.neighbourhood)?;
+            let dim = b.dim(D::Minus1)?;
+            patches.push(b.reshape(((), dim))?.to_device(&Device::Cpu)?);
+        }
+        drop(raw);
+        let all = Tensor::cat(&patches, 0)?;
+        drop(patches);
+        let (n, dim) = all.dims2()?;
+        let k = ((n as f64 * cfg.coreset_ratio).ceil() as usize).clamp(1, cfg.max_bank.max(1)).min(n);
+        let tc = std::time::Instant::now();
+        let flat = all.flatten_all()?.to_vec1::<f32>()?;
+        let picked = greedy_coreset(&flat, n, dim, k, 0, cfg.projection, cfg.seed, progress, cancel)?;
+        drop(flat);
+        let idx = Tensor::from_vec(picked.iter().map(|&i| i as u32).collect::<Vec<_>>(), picked.len(), &Device::Cpu)?;
+        let bank = all.index_select(&idx, 0)?.to_device(model.backbone.device())?;
+        drop(all);
+        model.bank = MemoryBank::new(bank)?;
+        model.bank_mean = bm;
+        model.bank_std = bs;
+        let bank_report = BankReport {
+            patches: n,
+            rows: model.bank.len(),
+            dim,
+            megabytes: model.bank.bytes() as f64 / (1024.0 * 1024.0),
+            coreset_seconds: tc.elapsed().as_secs_f64(),
+        };
+        progress.report(Progress::Info(format!(
+            "memory bank: {} of {n} patches ({:.1} MB) in {:.1} s",
+            bank_report.rows, bank_report.megabytes, bank_report.coreset_seconds
+        )));
+
+        // One flow per scale.
+        let mut histories = Vec::new();
+        for (i, s) in model.flow_slices()?.iter().enumerate() {
+            let ytr: Vec<Tensor> = tr.iter().map(|f| take(&f.features, s)).collect::<Result<_>>()?;
+            let yva: Vec<Tensor> = va.iter().map(|f| take(&f.features, s)).collect::<Result<_>>()?;
+            let (m, sd) = features::channel_stats(&ytr.iter().collect::<Vec<_>>())?;
+            let norm = |v: Vec<Tensor>| -> Result<Vec<Tensor>> {
+                v.into_iter().map(|t| Ok(t.broadcast_sub(&m)?.broadcast_div(&sd)?)).collect()
+            };
+            let (ytr, yva) = (norm(ytr)?, norm(yva)?);
+            let flow = &model.flows[i];
+            let c = s.channels;
+            let loss = |set: &[Tensor], idx: &[usize]| -> Result<Tensor> {
+                let sel: Vec<&Tensor> = idx.iter().map(|&i| &set[i]).collect();
+                let y = Tensor::stack(&sel, 0)?.reshape(((), c))?;
+                let (z, ld) = flow.forward(&y)?;
+                Ok(RealNvp::nll(&z, &ld)?.mean_all()?)
+            };
+            let stage = format!("flow (stage {})", cfg.flow_stages[i]);
+            let h = training::fit(
+                &stage,
+                &model.flow_vars[i],
+                &cfg.flow_optim,
+                ytr.len(),
+                yva.len(),
+                cfg.seed + i as u64,
+                &|b| loss(&ytr, b),
+                &|b| loss(&yva, b),
+                progress,
+                cancel,
+            )?;
+            model.flow_norm[i] = (m, sd);
+            histories.push(h);
+        }
+
+        // Calibration on the held-out good images (training ones if none held out).
+        progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
+        let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
+        let raw = model.raw_maps(&cal_set, cancel)?;
+        if cfg.position_norm {
+            let (pm, ps) = position_stats(raw.iter().map(|r| &r.memory));
+            let mut fm = Vec::new();
+            let mut fs = Vec::new();
+            for i in 0..model.flows.len() {
+                let (m, s) = position_stats(raw.iter().map(|r| &r.flows[i]));
+                fm.extend(m);
+                fs.extend(s);
+            }
+            model.calibration = Calibration {
+                position_mean: pm,
+                position_scale: ps,
+                flow_position_mean: fm,
+                flow_position_scale: fs,
+                ..Default::default()
+            };
+        }
+        let scored = model.finish(&cal_set, raw);
+        let positions = std::mem::take(&mut model.calibration);
+        model.calibration = calibrate(&scored, cfg.score);
+        model.calibration.position_mean = positions.position_mean;
+        model.calibration.position_scale = positions.position_scale;
+        model.calibration.flow_position_mean = positions.flow_position_mean;
+        model.calibration.flow_position_scale = positions.flow_position_scale;
+        let report = TrainReport {
+            n_train: tr.len(),
+            n_val: va.len(),
+            skipped,
+            feature_seconds,
+            flow: histories.first().cloned().unwrap_or_default(),
+            bmr: Default::default(),
+            total_seconds: t0.elapsed().as_secs_f64(),
+            flows: histories,
+            bank: Some(bank_report),
+        };
+        Ok((model, report))
+    }
+
+    fn smooth(&self, m: &[f32], grid: usize) -> Vec<f32> {
+        let s = self.cfg.tap.image_size;
+        let up = postprocess::resize_bilinear(m, grid, grid, s, s);
+        postprocess::gaussian_blur(&up, s, s, self.cfg.smoothing_sigma)
+    }
+
+    /// Memory and per-scale flow maps at the input size, smoothed, not yet normalised.
+    fn raw_maps(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<RawMaps>> {
+        let bsl = self.bank_slices()?;
+        let fsl = self.flow_slices()?;
+        let mut out = Vec::with_capacity(feats.len());
+        for chunk in feats.chunks(8) {
+            cancel.check()?;
+            let f = Tensor::stack(&chunk.iter().map(|f| &f.features).collect::<Vec<_>>(), 0)?;
+            let b = bank_features(&f, &bsl)?.broadcast_sub(&self.bank_mean)?.broadcast_div(&self.bank_std)?;
+            let b = local_average(&b, self.cfg.neighbourhood)?;
+            let (n, h, w, c) = b.dims4()?;
+            let dist = self.bank.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
+            let dist = dist.to_device(&Device::Cpu)?;
+            let mut nlls = Vec::new();
+            for (i, s) in fsl.iter().enumerate() {
+                let y = take(&f, s)?;
+                let (m, sd) = &self.flow_norm[i];
+                let y = y.broadcast_sub(m)?.broadcast_div(sd)?;
+                let (n, hs, ws, cs) = y.dims4()?;
+                let (z, ld) = self.flows[i].forward(&y.reshape((n * hs * ws, cs))?)?;
+                nlls.push((RealNvp::nll(&z, &ld)?.reshape((n, hs, ws))?.to_device(&Device::Cpu)?, hs));
+            }
+            for i in 0..n {
+                let m = dist.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+                let flows = nlls
+                    .iter()
+                    .map(|(t, hs)| Ok(self.smooth(&t.get(i)?.flatten_all()?.to_vec1::<f32>()?, *hs)))
+                    .collect::<Result<Vec<_>>>()?;
+                out.push(RawMaps { memory: self.smooth(&m, h), flows });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Normalises raw maps per position (when calibrated) and scores them.
+    fn finish(&self, feats: &[&ImageFeatures], raw: Vec<RawMaps>) -> Vec<Scored> {
+        let cal = &self.calibration;
+        let size = self.cfg.tap.image_size;
+        let px = size * size;
+        let mut out = Vec::with_capacity(raw.len());
+        for (f, r) in feats.iter().zip(raw) {
+            let mut map = r.memory;
+            if cal.position_mean.len() == map.len() {
+                for ((v, mu), sc) in map.iter_mut().zip(&cal.position_mean).zip(&cal.position_scale) {
+                    *v = (*v - mu) / sc;
+                }
+            }
+            let mut flow = vec![0f32; px];
+            let k = r.flows.len().max(1) as f32;
+            for (i, mut fm) in r.flows.into_iter().enumerate() {
+                if cal.flow_position_mean.len() == px * k as usize {
+                    let (mu, sc) = (&cal.flow_position_mean[i * px..(i + 1) * px], &cal.flow_position_scale[i * px..(i + 1) * px]);
+                    for ((v, mu), sc) in fm.iter_mut().zip(mu).zip(sc) {
+                        *v = (*v - mu) / sc;
+                    }
+                }
+                for (a, v) in flow.iter_mut().zip(&fm) {
+                    *a += v / k;
+                }
+            }
+            let map_max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let flow_max = flow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            out.push(Scored {
+                path: f.path.clone(),
+                width: f.width,
+                height: f.height,
+                map,
+                flow_map: Vec::new(),
+                size,
+                map_max,
+                flow_max,
+                score: super::nfbmr::image_score(self.cfg.score, map_max, flow_max, cal),
+            });
+        }
+        out
+    }
+
+    pub fn score_features(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
+        let raw = self.raw_maps(feats, cancel)?;
+        Ok(self.finish(feats, raw))
+    }
+}

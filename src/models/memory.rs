@@ -1,0 +1,258 @@
+//! Memory-bank tools for MemFlowNet: noise-insensitive local averaging of patch
+//! features, greedy k-center coreset subsampling, and nearest-neighbour search as
+//! batched matrix products on the tensors' device.
+use crate::error::Result;
+use crate::models::features::reflect_pad;
+use crate::progress::{CancelToken, Progress, ProgressSink};
+use crate::rng::Rng;
+use candle_core::{D, DType, Device, Tensor};
+use rayon::prelude::*;
+
+/// Averages each position of `[B, h, w, C]` features over its `k x k` neighbourhood
+/// (PatchCore's local aggregation; the image border is mirrored). `k <= 1` is a no-op.
+pub fn local_average(f: &Tensor, k: usize) -> Result<Tensor> {
+    if k <= 1 {
+        return Ok(f.clone());
+    }
+    let x = f.permute((0, 3, 1, 2))?.contiguous()?;
+    let x = reflect_pad(&x, k / 2)?;
+    let x = x.avg_pool2d_with_stride((k, k), (1, 1))?;
+    Ok(x.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// Greedy k-center selection (Sener & Savarese 2018, as PatchCore uses it): starting
+/// from row `start`, repeatedly adds the row of `x` (`n x d`, row-major) farthest from
+/// everything picked so far, until `k` rows are picked. Returns their indices in the
+/// order picked. When `d > proj_dim > 0`, distances are measured after a fixed Gaussian
+/// random projection to `proj_dim` dimensions (Johnson-Lindenstrauss; PatchCore does the
+/// same to make the selection affordable); `proj_dim = 0` uses the full vectors.
+#[allow(clippy::too_many_arguments)]
+pub fn greedy_coreset(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    start: usize,
+    proj_dim: usize,
+    seed: u64,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<Vec<usize>> {
+    let k = k.min(n);
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let (p, dp) = if proj_dim > 0 && d > proj_dim {
+        let mut rng = Rng::new(seed);
+        let scale = 1.0 / (proj_dim as f32).sqrt();
+        let r: Vec<f32> = (0..d * proj_dim).map(|_| rng.normal() as f32 * scale).collect();
+        let xt = Tensor::from_slice(x, (n, d), &Device::Cpu)?;
+        let rt = Tensor::from_vec(r, (d, proj_dim), &Device::Cpu)?;
+        (xt.matmul(&rt)?.flatten_all()?.to_vec1::<f32>()?, proj_dim)
+    } else {
+        (x.to_vec(), d)
+    };
+    const ROWS: usize = 4096;
+    let mut mind = vec![f32::INFINITY; n];
+    let mut picked = Vec::with_capacity(k);
+    let mut cur = start.min(n - 1);
+    progress.report(Progress::Stage { name: "coreset".into(), total: k });
+    for it in 0..k {
+        if it % 64 == 0 {
+            cancel.check()?;
+            progress.report(Progress::Step { done: it });
+        }
+        picked.push(cur);
+        if it + 1 == k {
+            break;
+        }
+        let c = &p[cur * dp..(cur + 1) * dp];
+        // Update each row's distance to the picked set and find the farthest row.
+        let (best, _) = mind
+            .par_chunks_mut(ROWS)
+            .enumerate()
+            .map(|(b, m)| {
+                let mut best = (usize::MAX, f32::NEG_INFINITY);
+                for (j, mj) in m.iter_mut().enumerate() {
+                    let i = b * ROWS + j;
+                    let row = &p[i * dp..(i + 1) * dp];
+                    let mut s = 0f32;
+                    for (a, q) in row.iter().zip(c) {
+                        let t = a - q;
+                        s += t * t;
+                    }
+                    if s < *mj {
+                        *mj = s;
+                    }
+                    if *mj > best.1 {
+                        best = (i, *mj);
+                    }
+                }
+                best
+            })
+            .reduce(|| (usize::MAX, f32::NEG_INFINITY), |a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a });
+        if best == usize::MAX {
+            break;
+        }
+        cur = best;
+    }
+    progress.report(Progress::Step { done: picked.len() });
+    Ok(picked)
+}
+
+/// A bank of vectors `[K, D]` with their squared norms, searched by nearest neighbour.
+pub struct MemoryBank {
+    pub bank: Tensor,
+    sq: Tensor,
+}
+
+/// Bank rows compared at once (bounds the `M x rows` distance block in memory).
+const BANK_BLOCK: usize = 16384;
+
+impl MemoryBank {
+    pub fn new(bank: Tensor) -> Result<Self> {
+        let bank = bank.to_dtype(DType::F32)?.contiguous()?;
+        let sq = bank.sqr()?.sum(D::Minus1)?.unsqueeze(0)?;
+        Ok(Self { bank, sq })
+    }
+
+    pub fn len(&self) -> usize {
+        self.bank.dim(0).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of the bank in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bank.elem_count() * 4
+    }
+
+    /// Euclidean distance of each query row `[M, D]` to its nearest bank row: `[M]`,
+    /// from `|q|^2 - 2 q.b + |b|^2` as one matrix product per block of the bank.
+    pub fn nearest_distance(&self, q: &Tensor) -> Result<Tensor> {
+        let q = q.to_dtype(DType::F32)?.contiguous()?;
+        let qsq = q.sqr()?.sum_keepdim(D::Minus1)?;
+        let k = self.len();
+        let mut best: Option<Tensor> = None;
+        let mut start = 0;
+        while start < k {
+            let len = BANK_BLOCK.min(k - start);
+            let b = self.bank.narrow(0, start, len)?;
+            let bsq = self.sq.narrow(1, start, len)?;
+            let dot = q.matmul(&b.t()?)?;
+            let d2 = (dot.affine(-2.0, 0.0)?.broadcast_add(&qsq)?.broadcast_add(&bsq))?.min(D::Minus1)?;
+            best = Some(match best {
+                None => d2,
+                Some(m) => m.minimum(&d2)?,
+            });
+            start += len;
+        }
+        let m = match best {
+            Some(m) => m,
+            None => Tensor::full(f32::INFINITY, q.dim(0)?, q.device())?,
+        };
+        Ok(m.relu()?.sqrt()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn brute_greedy(x: &[f32], n: usize, d: usize, k: usize, start: usize) -> Vec<usize> {
+        let dist = |a: usize, b: usize| -> f32 { (0..d).map(|j| (x[a * d + j] - x[b * d + j]).powi(2)).sum() };
+        let mut picked = vec![start];
+        while picked.len() < k {
+            let far = (0..n)
+                .max_by(|&a, &b| {
+                    let da = picked.iter().map(|&p| dist(a, p)).fold(f32::INFINITY, f32::min);
+                    let db = picked.iter().map(|&p| dist(b, p)).fold(f32::INFINITY, f32::min);
+                    da.total_cmp(&db).then(b.cmp(&a))
+                })
+                .unwrap();
+            picked.push(far);
+        }
+        picked
+    }
+
+    #[test]
+    fn coreset_keeps_the_farthest_points() {
+        // 200 points in a small cluster around the origin and 4 far outliers: a
+        // coreset of 5 starting inside the cluster picks every outlier, farthest first.
+        let mut rng = Rng::new(1);
+        let d = 6;
+        let mut x: Vec<f32> = (0..200 * d).map(|_| rng.normal() as f32 * 0.1).collect();
+        let outliers = [(50.0f32, 0usize), (-40.0, 1), (30.0, 2), (20.0, 3)];
+        for (v, axis) in outliers {
+            let mut p = vec![0f32; d];
+            p[axis] = v;
+            x.extend(p);
+        }
+        let n = 204;
+        let picked = greedy_coreset(&x, n, d, 5, 0, 0, 0, &NoProgress, &CancelToken::new()).unwrap();
+        assert_eq!(picked[0], 0);
+        assert_eq!(&picked[1..], &[200, 201, 202, 203], "outliers, farthest first");
+        // Equal to a direct implementation of the greedy rule on random data.
+        let x: Vec<f32> = (0..150 * d).map(|_| rng.normal() as f32).collect();
+        let fast = greedy_coreset(&x, 150, d, 20, 7, 0, 0, &NoProgress, &CancelToken::new()).unwrap();
+        assert_eq!(fast, brute_greedy(&x, 150, d, 20, 7));
+    }
+
+    #[test]
+    fn projected_coreset_still_covers_the_outliers() {
+        let mut rng = Rng::new(2);
+        let d = 64;
+        let mut x: Vec<f32> = (0..500 * d).map(|_| rng.normal() as f32 * 0.1).collect();
+        for axis in 0..3 {
+            let mut p = vec![0f32; d];
+            p[axis * 10] = 40.0 + axis as f32;
+            x.extend(p);
+        }
+        let picked = greedy_coreset(&x, 503, d, 4, 0, 16, 9, &NoProgress, &CancelToken::new()).unwrap();
+        let mut tail = picked[1..].to_vec();
+        tail.sort();
+        assert_eq!(tail, vec![500, 501, 502]);
+    }
+
+    #[test]
+    fn nearest_neighbour_equals_brute_force() {
+        let mut rng = Rng::new(3);
+        let (k, m, d) = (BANK_BLOCK + 777, 37, 12);
+        let bank: Vec<f32> = (0..k * d).map(|_| rng.normal() as f32).collect();
+        let q: Vec<f32> = (0..m * d).map(|_| rng.normal() as f32).collect();
+        let mb = MemoryBank::new(Tensor::from_slice(&bank, (k, d), &Device::Cpu).unwrap()).unwrap();
+        let got = mb
+            .nearest_distance(&Tensor::from_slice(&q, (m, d), &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for i in 0..m {
+            let want = (0..k)
+                .map(|j| (0..d).map(|c| (q[i * d + c] - bank[j * d + c]).powi(2)).sum::<f32>())
+                .fold(f32::INFINITY, f32::min)
+                .sqrt();
+            assert!((got[i] - want).abs() < 1e-3 * want.max(1.0), "query {i}: {} vs {want}", got[i]);
+        }
+        // A query equal to a bank row is at distance ~0 (found in the second block).
+        let row = Tensor::from_slice(&bank[(k - 1) * d..], (1, d), &Device::Cpu).unwrap();
+        assert!(mb.nearest_distance(&row).unwrap().to_vec1::<f32>().unwrap()[0] < 1e-2);
+    }
+
+    #[test]
+    fn local_average_is_a_box_filter() {
+        // One channel, a single spike: the 3x3 average spreads it to 1/9 around it.
+        let mut v = vec![0f32; 25];
+        v[12] = 9.0;
+        let t = Tensor::from_vec(v, (1, 5, 5, 1), &Device::Cpu).unwrap();
+        let a = local_average(&t, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for r in 0..5 {
+            for c in 0..5 {
+                let want = if (1..=3).contains(&r) && (1..=3).contains(&c) { 1.0 } else { 0.0 };
+                assert!((a[r * 5 + c] - want).abs() < 1e-6, "({r},{c}) {}", a[r * 5 + c]);
+            }
+        }
+    }
+}
