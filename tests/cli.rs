@@ -45,7 +45,23 @@ fn train_eval_predict_on_real_images() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("trained on"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained nf-bmr on"));
+
+    // The other method from the same command; BMR options are refused for it.
+    let mf = dir.join("mf.fsm");
+    let out = flowspect()
+        .args(["train", "--method", "memflow", "--data"])
+        .arg(&mt)
+        .args(["--limit", "6", "--image-size", "64", "--epochs", "1", "--flow-hidden", "32", "--coreset-ratio", "0.5", "--device", "cpu", "--out"])
+        .arg(&mf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(o.contains("trained memflow on") && o.contains("memory bank 40 of 80 patches"), "{o}");
+    let out = flowspect().args(["train", "--method", "memflow", "--hidden", "8", "--data"]).arg(&mt).arg("--out").arg(&mf).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nf-bmr options"));
 
     let json = dir.join("m.json");
     let out = flowspect()

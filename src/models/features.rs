@@ -155,6 +155,46 @@ pub fn extract_paths(
     Ok((out, skipped))
 }
 
+/// Features of the training images: unreadable files are skipped (and reported);
+/// fewer than two readable images is an error.
+pub fn extract_training(
+    net: &EfficientNet,
+    tap: &FeatureTap,
+    files: &[PathBuf],
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<(Vec<ImageFeatures>, Vec<(PathBuf, String)>)> {
+    if files.is_empty() {
+        return Err(Error::Data("no training images".into()));
+    }
+    progress.report(Progress::Stage { name: "features".into(), total: files.len() });
+    let (feats, skipped) = extract_paths(net, tap, files, 8, progress, cancel)?;
+    if feats.len() < 2 {
+        return Err(Error::Data(format!(
+            "only {} readable training image(s) of {}; at least 2 are needed",
+            feats.len(),
+            files.len()
+        )));
+    }
+    Ok((feats, skipped))
+}
+
+/// Splits off `fraction` of the images (every k-th, deterministic) for early stopping
+/// and calibration: `(train, held_out)`. At least one image stays for training.
+pub fn hold_out(feats: &[ImageFeatures], fraction: f64) -> (Vec<&ImageFeatures>, Vec<&ImageFeatures>) {
+    let n_val = ((feats.len() as f64 * fraction).round() as usize).min(feats.len().saturating_sub(1));
+    let every = if n_val > 0 { feats.len() / n_val } else { usize::MAX };
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (i, f) in feats.iter().enumerate() {
+        if n_val > 0 && i % every == every - 1 && va.len() < n_val {
+            va.push(f)
+        } else {
+            tr.push(f)
+        }
+    }
+    (tr, va)
+}
+
 /// Per-channel mean and standard deviation of `[h, w, C]` feature maps.
 pub fn channel_stats(feats: &[&Tensor]) -> Result<(Tensor, Tensor)> {
     let c = feats.first().map(|t| t.dim(D::Minus1)).transpose()?.unwrap_or(0);

@@ -236,29 +236,9 @@ impl MemFlow {
     ) -> Result<(Self, TrainReport)> {
         Self::check(&cfg)?;
         let t0 = std::time::Instant::now();
-        if files.is_empty() {
-            return Err(Error::Data("no training images".into()));
-        }
-        progress.report(Progress::Stage { name: "features".into(), total: files.len() });
-        let (feats, skipped) = features::extract_paths(&backbone, &cfg.tap, files, 8, progress, cancel)?;
-        if feats.len() < 2 {
-            return Err(Error::Data(format!(
-                "only {} readable training image(s) of {}; at least 2 are needed",
-                feats.len(),
-                files.len()
-            )));
-        }
+        let (feats, skipped) = features::extract_training(&backbone, &cfg.tap, files, progress, cancel)?;
         let feature_seconds = t0.elapsed().as_secs_f64();
-        let n_val = ((feats.len() as f64 * cfg.val_fraction).round() as usize).min(feats.len() - 1);
-        let every = if n_val > 0 { feats.len() / n_val } else { usize::MAX };
-        let (mut tr, mut va): (Vec<&ImageFeatures>, Vec<&ImageFeatures>) = (Vec::new(), Vec::new());
-        for (i, f) in feats.iter().enumerate() {
-            if n_val > 0 && i % every == every - 1 && va.len() < n_val {
-                va.push(f)
-            } else {
-                tr.push(f)
-            }
-        }
+        let (tr, va) = features::hold_out(&feats, cfg.val_fraction);
         let mut model = Self::untrained(backbone, cfg, 0)?;
         let cfg = model.cfg.clone();
 
@@ -359,11 +339,7 @@ impl MemFlow {
         }
         let scored = model.finish(&cal_set, raw);
         let positions = std::mem::take(&mut model.calibration);
-        model.calibration = calibrate(&scored, cfg.score);
-        model.calibration.position_mean = positions.position_mean;
-        model.calibration.position_scale = positions.position_scale;
-        model.calibration.flow_position_mean = positions.flow_position_mean;
-        model.calibration.flow_position_scale = positions.flow_position_scale;
+        model.calibration = calibrate(&scored, cfg.score, positions);
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),

@@ -251,30 +251,9 @@ impl NfBmr {
     ) -> Result<(Self, TrainReport)> {
         let t0 = std::time::Instant::now();
         let device = backbone.device().clone();
-        if files.is_empty() {
-            return Err(Error::Data("no training images".into()));
-        }
-        progress.report(Progress::Stage { name: "features".into(), total: files.len() });
-        let (feats, skipped) = features::extract_paths(&backbone, &cfg.tap, files, 8, progress, cancel)?;
-        if feats.len() < 2 {
-            return Err(Error::Data(format!(
-                "only {} readable training image(s) of {}; at least 2 are needed",
-                feats.len(),
-                files.len()
-            )));
-        }
+        let (feats, skipped) = features::extract_training(&backbone, &cfg.tap, files, progress, cancel)?;
         let feature_seconds = t0.elapsed().as_secs_f64();
-        // Deterministic hold-out: every k-th image.
-        let n_val = ((feats.len() as f64 * cfg.val_fraction).round() as usize).min(feats.len() - 1);
-        let every = if n_val > 0 { feats.len() / n_val } else { usize::MAX };
-        let (mut tr, mut va): (Vec<&ImageFeatures>, Vec<&ImageFeatures>) = (Vec::new(), Vec::new());
-        for (i, f) in feats.iter().enumerate() {
-            if n_val > 0 && i % every == every - 1 && va.len() < n_val {
-                va.push(f)
-            } else {
-                tr.push(f)
-            }
-        }
+        let (tr, va) = features::hold_out(&feats, cfg.val_fraction);
         let (mean, std) = features::channel_stats(&tr.iter().map(|f| &f.features).collect::<Vec<_>>())?;
         let norm = |f: &ImageFeatures| -> Result<Tensor> {
             Ok(f.features.broadcast_sub(&mean)?.broadcast_div(&std)?)
@@ -354,11 +333,7 @@ impl NfBmr {
         }
         let cal = model.score_features(&cal_set)?;
         let positions = std::mem::take(&mut model.calibration);
-        model.calibration = calibrate(&cal, model.cfg.score);
-        model.calibration.position_mean = positions.position_mean;
-        model.calibration.position_scale = positions.position_scale;
-        model.calibration.flow_position_mean = positions.flow_position_mean;
-        model.calibration.flow_position_scale = positions.flow_position_scale;
+        model.calibration = calibrate(&cal, model.cfg.score, positions);
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),
@@ -495,7 +470,9 @@ pub fn image_score(kind: ScoreKind, map_max: f32, flow_max: f32, cal: &Calibrati
     }
 }
 
-pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind) -> Calibration {
+/// Score statistics of held-out good images; the per-position statistics are taken
+/// from `positions` (computed beforehand from the raw maps).
+pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind, positions: Calibration) -> Calibration {
     let maps: Vec<f32> = scored.iter().map(|s| s.map_max).collect();
     let flows: Vec<f32> = scored.iter().map(|s| s.flow_max).collect();
     let (map_mean, map_std) = mean_std(&maps);
@@ -507,7 +484,10 @@ pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind) -> Calibration {
         flow_std,
         val_scores: Vec::new(),
         pixel_p999: 0.0,
-        ..Default::default()
+        position_mean: positions.position_mean,
+        position_scale: positions.position_scale,
+        flow_position_mean: positions.flow_position_mean,
+        flow_position_scale: positions.flow_position_scale,
     };
     c.val_scores = scored.iter().map(|s| image_score(kind, s.map_max, s.flow_max, &c)).collect();
     let mut px: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(7).copied()).collect();
