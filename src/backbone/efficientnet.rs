@@ -8,6 +8,7 @@
 //!   batch norm as separate ops). Kept for tests and the benchmark's comparison.
 use super::config::{BlockSpec, EfficientNetConfig, Family, Padding};
 use super::depthwise::{Activation, DepthwiseConv, DepthwiseOp};
+use super::fused::{BiasAct, BiasResidual};
 use crate::error::{Error, Result};
 use candle_core::{D, DType, Device, Tensor};
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ struct ConvBn {
     groups: usize,
     /// CPU depthwise kernel (fast path), when this is a depthwise convolution on CPU.
     dw: Option<DepthwiseConv>,
+    /// The folded bias as a plain vector, for the fused CPU epilogues (CPU only).
+    bias_cpu: Option<Arc<Vec<f32>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +139,7 @@ impl ConvBn {
         } else {
             None
         };
+        let bias_cpu = if dev.is_cpu() { Some(Arc::new(folded_b.to_vec1::<f32>()?)) } else { None };
         Ok(Self {
             weight,
             bn,
@@ -145,6 +149,7 @@ impl ConvBn {
             stride,
             groups,
             dw,
+            bias_cpu,
         })
     }
 }
@@ -355,8 +360,14 @@ impl EfficientNet {
             (BackboneMode::Fast, None) => {
                 let (xp, _) = self.pad_input(x, c.kernel, c.stride)?;
                 let y = xp.conv2d(&c.folded_w, 0, c.stride, 1, c.groups)?;
-                let y = y.broadcast_add(&c.folded_b.reshape((1, (), 1, 1))?)?;
-                activate(&y, act)
+                match &c.bias_cpu {
+                    Some(bias) => {
+                        let y = y.contiguous()?;
+                        y.inplace_op1(&BiasAct { bias, activation: act })?;
+                        Ok(y)
+                    }
+                    None => activate(&y.broadcast_add(&c.folded_b.reshape((1, (), 1, 1))?)?, act),
+                }
             }
             (BackboneMode::Reference, _) => {
                 let (xp, _) = self.pad_input(x, c.kernel, c.stride)?;
@@ -366,28 +377,50 @@ impl EfficientNet {
         }
     }
 
-    /// 1x1 convolution with batch norm and activation.
-    fn pointwise(&self, x: &Tensor, c: &ConvBn, act: Activation) -> Result<Tensor> {
+    /// 1x1 convolution with batch norm and activation, plus `residual` when given
+    /// (added after the activation; projections have none).
+    fn pointwise(&self, x: &Tensor, c: &ConvBn, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
         match self.mode {
             BackboneMode::Fast => {
                 let (b, ci, h, w) = x.dims4()?;
                 let co = c.folded_w.dim(0)?;
                 let wmat = c.folded_w.reshape((co, ci))?;
-                let y = wmat
-                    .broadcast_matmul(&x.reshape((b, ci, h * w))?)?
-                    .broadcast_add(&c.folded_b.reshape((co, 1))?)?;
-                activate(&y.reshape((b, co, h, w))?, act)
+                let y = wmat.broadcast_matmul(&x.reshape((b, ci, h * w))?)?.reshape((b, co, h, w))?;
+                match (&c.bias_cpu, residual) {
+                    // One pass over the fresh product: bias, activation, residual.
+                    (Some(bias), Some(r)) if act == Activation::None => {
+                        y.inplace_op2(&r.contiguous()?, &BiasResidual { bias })?;
+                        Ok(y)
+                    }
+                    (Some(bias), r) => {
+                        y.inplace_op1(&BiasAct { bias, activation: act })?;
+                        match r {
+                            Some(r) => Ok((y + r)?),
+                            None => Ok(y),
+                        }
+                    }
+                    (None, r) => {
+                        let y = activate(&y.broadcast_add(&c.folded_b.reshape((1, co, 1, 1))?)?, act)?;
+                        match r {
+                            Some(r) => Ok((y + r)?),
+                            None => Ok(y),
+                        }
+                    }
+                }
             }
             BackboneMode::Reference => {
-                let y = x.conv2d(&c.weight, 0, 1, 1, 1)?;
-                activate(&self.bn_ref(&y, &c.bn)?, act)
+                let y = activate(&self.bn_ref(&x.conv2d(&c.weight, 0, 1, 1, 1)?, &c.bn)?, act)?;
+                match residual {
+                    Some(r) => Ok((y + r)?),
+                    None => Ok(y),
+                }
             }
         }
     }
 
     fn block(&self, x: &Tensor, b: &Block) -> Result<Tensor> {
         let mut h = match &b.expand {
-            Some(e) => self.pointwise(x, e, self.act)?,
+            Some(e) => self.pointwise(x, e, self.act, None)?,
             None => x.clone(),
         };
         h = self.conv_bn(&h, &b.dw, self.act)?;
@@ -402,11 +435,8 @@ impl EfficientNet {
                 .broadcast_add(&se.expand_b.reshape((1, (), 1, 1))?)?;
             h = h.broadcast_mul(&candle_nn::ops::sigmoid(&s)?)?;
         }
-        h = self.pointwise(&h, &b.project, Activation::None)?;
-        if b.spec.stride == 1 && b.spec.cin == b.spec.cout {
-            h = (h + x)?;
-        }
-        Ok(h)
+        let residual = (b.spec.stride == 1 && b.spec.cin == b.spec.cout).then_some(x);
+        self.pointwise(&h, &b.project, Activation::None, residual)
     }
 
     /// Runs the network up to `last_stage` (1..=7) on a normalised `[B, 3, H, W]`
@@ -450,7 +480,7 @@ impl EfficientNet {
         };
         let feats = self.forward_stages(x, 7)?;
         let last = feats.last().ok_or_else(|| Error::Data("no stages".into()))?;
-        let h = self.pointwise(last, head, self.act)?;
+        let h = self.pointwise(last, head, self.act, None)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
         Ok(pooled.matmul(&fw.t()?)?.broadcast_add(fb)?)
     }

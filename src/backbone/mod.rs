@@ -2,6 +2,7 @@
 pub mod config;
 pub mod depthwise;
 pub mod efficientnet;
+pub mod fused;
 pub mod import;
 
 pub use config::{EfficientNetConfig, Family, Normalization, Padding};
