@@ -66,14 +66,14 @@ fn legacy_pth_with_permuted_strides_is_read() {
 
 #[test]
 fn non_weight_files_are_refused_with_the_file_named() {
-    let dir = tempdir("import");
-    let p = dir.join("notes.pth");
+    let dir = tempfile::Builder::new().prefix("flowspect-test-import-").tempdir().unwrap();
+    let p = dir.path().join("notes.pth");
     std::fs::write(&p, b"hello").unwrap();
     let e = import::read_any(&p).unwrap_err().to_string();
     assert!(e.contains("notes.pth") && e.contains("not a PyTorch"), "{e}");
     // A truncated legacy file.
     let full = std::fs::read(root().join("tests/fixtures/tiny_legacy.pth")).unwrap();
-    let cut = dir.join("cut.pth");
+    let cut = dir.path().join("cut.pth");
     std::fs::write(&cut, &full[..full.len() - 10]).unwrap();
     let e = import::read_any(&cut).unwrap_err().to_string();
     assert!(e.contains("cut.pth") && e.contains("truncated"), "{e}");
@@ -99,15 +99,10 @@ fn canonical_file_round_trips_and_matches_the_wheel_when_available() {
         let d = (v - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{k} differs");
     }
-    let out = tempdir("roundtrip").join("lite0.safetensors");
+    let dir = tempfile::Builder::new().prefix("flowspect-test-roundtrip-").tempdir().unwrap();
+    let out = dir.path().join("lite0.safetensors");
     import::write_canonical(&out, &imp).unwrap();
     let back = import::load_canonical(&out).unwrap();
     assert_eq!(back.0, imp.config);
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flowspect-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}

@@ -20,10 +20,11 @@ fn help_lists_the_commands() {
 #[test]
 fn no_arguments_without_a_display_fails_with_a_message() {
     // No arguments opens the app; with no display to open it on, a clear error, no panic.
+    let data_home = tempdir("nodisplay");
     let out = flowspect()
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
-        .env("XDG_DATA_HOME", tempdir("nodisplay"))
+        .env("XDG_DATA_HOME", data_home.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -36,7 +37,7 @@ fn no_arguments_without_a_display_fails_with_a_message() {
 fn train_eval_predict_on_real_images() {
     let mt = magnetic_tile();
     let dir = tempdir("cli");
-    let model = dir.join("m.fsm");
+    let model = dir.path().join("m.fsm");
     let out = flowspect()
         .args(["train", "--data"])
         .arg(&mt)
@@ -48,7 +49,7 @@ fn train_eval_predict_on_real_images() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained nf-bmr on"));
 
     // The other method from the same command; BMR options are refused for it.
-    let mf = dir.join("mf.fsm");
+    let mf = dir.path().join("mf.fsm");
     let out = flowspect()
         .args(["train", "--method", "memflow", "--data"])
         .arg(&mt)
@@ -63,7 +64,7 @@ fn train_eval_predict_on_real_images() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nf-bmr options"));
 
-    let json = dir.join("m.json");
+    let json = dir.path().join("m.json");
     let out = flowspect()
         .args(["eval", "--model"])
         .arg(&model)
@@ -83,7 +84,7 @@ fn train_eval_predict_on_real_images() {
     let a = v["image_auroc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&a));
 
-    let pred = dir.join("pred");
+    let pred = dir.path().join("pred");
     let input = mt.join("test/crack");
     let out = flowspect().args(["predict", "--model"]).arg(&model).arg("--input").arg(&input).arg("--out").arg(&pred).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -96,7 +97,7 @@ fn train_eval_predict_on_real_images() {
     }
 
     // The report command writes all four files and the per-image PNGs.
-    let rep = dir.join("report");
+    let rep = dir.path().join("report");
     let out = flowspect()
         .args(["report", "--model"])
         .arg(&model)

@@ -15,10 +15,10 @@ fn trained() -> Detector {
 fn save_load_round_trip_gives_identical_scores() {
     let det = trained();
     let dir = tempdir("modelfile");
-    let path = dir.join("m.fsm");
+    let path = dir.path().join("m.fsm");
     det.save(&path).unwrap();
     // No temporary file is left beside it.
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
     let back = Detector::load(&path, &candle_core::Device::Cpu).unwrap();
     assert_eq!(back.meta.threshold, det.meta.threshold);
@@ -47,7 +47,7 @@ fn memflow_save_load_round_trip_gives_identical_scores() {
     assert_eq!((bank.patches, bank.rows), (5 * 16, 40));
     assert_eq!(det.bank_bytes(), Some(40 * bank.dim * 4));
     let dir = tempdir("modelfile-memflow");
-    let path = dir.join("m.fsm");
+    let path = dir.path().join("m.fsm");
     det.save(&path).unwrap();
     let back = Detector::load(&path, &candle_core::Device::Cpu).unwrap();
     assert_eq!(back.meta.method, flowspect::detector::Method::MemFlow);
@@ -70,7 +70,7 @@ fn memflow_save_load_round_trip_gives_identical_scores() {
 fn other_version_corrupt_and_wrong_files_give_clear_errors() {
     let det = trained();
     let dir = tempdir("modelerr");
-    let path = dir.join("m.fsm");
+    let path = dir.path().join("m.fsm");
     det.save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
 
@@ -80,13 +80,13 @@ fn other_version_corrupt_and_wrong_files_give_clear_errors() {
     let at = bytes.windows(needle.len()).position(|w| w == needle).expect("version field in the header");
     let mut other = bytes.clone();
     other[at + needle.len() - 1] = b'9';
-    let p2 = dir.join("future.fsm");
+    let p2 = dir.path().join("future.fsm");
     std::fs::write(&p2, &other).unwrap();
     let e = Detector::load(&p2, &candle_core::Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("future.fsm") && e.contains("version 9"), "{e}");
 
     // Truncated.
-    let p3 = dir.join("cut.fsm");
+    let p3 = dir.path().join("cut.fsm");
     std::fs::write(&p3, &bytes[..bytes.len() / 2]).unwrap();
     let e = Detector::load(&p3, &candle_core::Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("cut.fsm") && e.contains("corrupt"), "{e}");
@@ -96,7 +96,7 @@ fn other_version_corrupt_and_wrong_files_give_clear_errors() {
     assert!(e.contains("not a flowspect model"), "{e}");
 
     // Garbage.
-    let p4 = dir.join("junk.fsm");
+    let p4 = dir.path().join("junk.fsm");
     std::fs::write(&p4, b"junk").unwrap();
     let e = Detector::load(&p4, &candle_core::Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("junk.fsm"), "{e}");

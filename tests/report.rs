@@ -26,7 +26,7 @@ fn copy(from: &Path, to: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 /// A tiny model and an MVTec-layout test folder of real images plus one corrupt file.
-fn setup(name: &str) -> (Detector, PathBuf, Vec<Sample>) {
+fn setup(name: &str) -> (Detector, tempfile::TempDir, Vec<Sample>) {
     let mt = magnetic_tile();
     let dir = tempdir(name);
     let train = first_images(&mt.join("train/good"), 16);
@@ -34,7 +34,7 @@ fn setup(name: &str) -> (Detector, PathBuf, Vec<Sample>) {
     let mut cfg = tiny_config();
     cfg.tap.image_size = 128;
     let det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
-    let test = dir.join("data");
+    let test = dir.path().join("data");
     copy(&mt.join("test/good"), &test.join("test/good"), 6);
     for kind in ["blowhole", "crack"] {
         for p in copy(&mt.join("test").join(kind), &test.join("test").join(kind), 4) {
@@ -69,7 +69,7 @@ fn report_files_agree_with_the_models_scores() {
         model_path: "tiny.fsm".into(),
         input: "the test folder".into(),
     };
-    let out = dir.join("out");
+    let out = dir.path().join("out");
     let rep = report::generate(&det, &samples, &opts, &out, &NoProgress, &CancelToken::new()).unwrap();
     assert!(std::fs::read_dir(&out).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')), "staging folder left behind");
 
@@ -146,7 +146,6 @@ fn report_files_agree_with_the_models_scores() {
     assert!(image::load_from_memory(&b).unwrap().width() > 0);
     assert!(html.contains("zz_corrupt.jpg"), "the unreadable file is listed");
     assert!(!html.contains("src=\"http"), "self-contained");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -158,7 +157,7 @@ fn a_cancelled_report_leaves_the_previous_one_untouched() {
         model_path: "tiny.fsm".into(),
         input: "x".into(),
     };
-    let out = dir.join("out");
+    let out = dir.path().join("out");
     report::generate(&det, &samples[..6], &opts, &out, &NoProgress, &CancelToken::new()).unwrap();
     let before_csv = std::fs::read(out.join(report::CSV_FILE)).unwrap();
     let before_pdf = std::fs::read(out.join(report::PDF_FILE)).unwrap();
@@ -184,5 +183,4 @@ fn a_cancelled_report_leaves_the_previous_one_untouched() {
     // An empty input is refused with a message.
     let e = report::generate(&det, &[], &opts, &out, &NoProgress, &CancelToken::new()).unwrap_err();
     assert!(e.to_string().contains("no images"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,11 +19,9 @@ pub fn magnetic_tile() -> PathBuf {
     p
 }
 
-pub fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flowspect-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh scratch folder, removed when the returned guard is dropped.
+pub fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("flowspect-test-{name}-")).tempdir().unwrap()
 }
 
 /// A very small configuration for tests that check plumbing, not accuracy.
