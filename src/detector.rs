@@ -146,10 +146,18 @@ impl Model {
             Model::MemFlow(m) => &m.backbone,
         }
     }
-    fn tap(&self) -> &FeatureTap {
+    pub fn tap(&self) -> &FeatureTap {
         match self {
             Model::NfBmr(m) => &m.cfg.tap,
             Model::MemFlow(m) => &m.cfg.tap,
+        }
+    }
+    /// Seconds per stage for one batch of prepared inputs: backbone, flow,
+    /// BMR or memory-bank search, map smoothing (`flowspect bench`).
+    pub fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
+        match self {
+            Model::NfBmr(m) => m.timed_stages(x),
+            Model::MemFlow(m) => m.timed_stages(x),
         }
     }
     pub fn calibration(&self) -> &Calibration {

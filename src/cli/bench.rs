@@ -4,8 +4,10 @@ use clap::Args;
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::{self, image_io};
 use flowspect::device::{self, DeviceChoice};
-use flowspect::models::features::{self, FeatureTap};
-use flowspect::models::nfbmr::{NfBmr, NfBmrConfig};
+use flowspect::models::features;
+use flowspect::detector::{DetectorConfig, Method, Model};
+use flowspect::models::memflow::MemFlow;
+use flowspect::models::nfbmr::NfBmr;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +29,13 @@ pub struct BenchArgs {
     /// Also time the plain candle backbone (batch 1 only) for comparison.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reference: bool,
+    /// The detector whose stages are timed: nf-bmr (flow + BMR) or memflow (flows + memory-bank search).
+    #[arg(long, default_value = "nf-bmr")]
+    pub method: Method,
+    /// memflow: patches in the memory bank searched per position (17,613 is the bank of the
+    /// full magnetic-tile training set at the default coreset ratio 0.1).
+    #[arg(long, default_value = "17613")]
+    pub bank_rows: usize,
     #[arg(long)]
     pub backbone: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
@@ -54,7 +63,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let paths = data::list_images(&img_dir)?;
     anyhow::ensure!(!paths.is_empty(), "{}: no images to decode", img_dir.display());
     println!(
-        "device {}, {} threads, backbone {} ({}), images from {}; medians of {} runs, ms per image",
+        "{} on device {}, {} threads, backbone {} ({}), images from {}; medians of {} runs, ms per image",
+        a.method,
         device::describe(&dev),
         rayon::current_num_threads(),
         net.config().variant,
@@ -64,18 +74,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     );
     println!(
         "{:>5} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} | {:>9} {:>7}",
-        "size", "batch", "decode", "backbone", "flow", "bmr", "post", "total", "img/s", "plain bb", "speedup"
+        "size", "batch", "decode", "backbone", "flow", if a.method == Method::NfBmr { "bmr" } else { "bank" }, "post", "total", "img/s", "plain bb", "speedup"
     );
-    let cfg0 = NfBmrConfig::default();
     for &size in &a.sizes {
-        let mut cfg = cfg0.clone();
-        cfg.tap.image_size = size;
-        let dim = net.config().stage_channels(*cfg.tap.stages.iter().max().unwrap_or(&5))?;
-        let model = NfBmr::untrained(
-            backbone::load(&bb_path, &dev, BackboneMode::Fast)?,
-            cfg.clone(),
-            dim,
-        )?;
+        let fast = backbone::load(&bb_path, &dev, BackboneMode::Fast)?;
+        // Untrained weights and an all-zero bank cost the same arithmetic as trained ones.
+        let model = match DetectorConfig::default_for(a.method) {
+            DetectorConfig::NfBmr(mut cfg) => {
+                cfg.tap.image_size = size;
+                let dim = cfg.tap.stages.iter().map(|&s| net.config().stage_channels(s)).sum::<flowspect::Result<usize>>()?;
+                Model::NfBmr(NfBmr::untrained(fast, cfg, dim)?)
+            }
+            DetectorConfig::MemFlow(mut cfg) => {
+                cfg.tap.image_size = size;
+                Model::MemFlow(MemFlow::untrained(fast, cfg, a.bank_rows)?)
+            }
+        };
+        let tap = model.tap().clone();
         for &batch in &a.batches {
             let chosen: Vec<PathBuf> = (0..batch).map(|i| paths[i % paths.len()].clone()).collect();
             let norm = net.config().normalization;
@@ -93,7 +108,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 let s = model.timed_stages(&x)?;
                 let p = if a.reference && batch == 1 {
                     let t = Instant::now();
-                    let f = features::extract(&reference, &FeatureTap { ..cfg.tap.clone() }, &x)?;
+                    let f = features::extract(&reference, &tap, &x)?;
                     f.device().synchronize()?;
                     Some(t.elapsed().as_secs_f64())
                 } else {

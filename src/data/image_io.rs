@@ -72,8 +72,8 @@ pub fn to_input_wh(img: &DynamicImage, width: usize, height: usize, norm: &Norma
 }
 
 /// Stacks prepared inputs into a `[B, 3, size, size]` tensor.
-pub fn batch_tensor(inputs: &[Vec<f32>], size: usize, device: &Device) -> Result<Tensor> {
-    let flat: Vec<f32> = inputs.iter().flat_map(|v| v.iter().copied()).collect();
+pub fn batch_tensor<V: AsRef<[f32]>>(inputs: &[V], size: usize, device: &Device) -> Result<Tensor> {
+    let flat: Vec<f32> = inputs.iter().flat_map(|v| v.as_ref().iter().copied()).collect();
     Ok(Tensor::from_vec(flat, (inputs.len(), 3, size, size), device)?)
 }
 

@@ -365,33 +365,72 @@ impl MemFlow {
         let bsl = self.bank_slices()?;
         let fsl = self.flow_slices()?;
         let mut out = Vec::with_capacity(feats.len());
-        for chunk in feats.chunks(8) {
+        for chunk in feats.chunks(features::forward_batch(self.backbone.device())) {
             cancel.check()?;
             let f = Tensor::stack(&chunk.iter().map(|f| &f.features).collect::<Vec<_>>(), 0)?;
-            let b = bank_features(&f, &bsl)?.broadcast_sub(&self.bank_mean)?.broadcast_div(&self.bank_std)?;
-            let b = local_average(&b, self.cfg.neighbourhood)?;
-            let (n, h, w, c) = b.dims4()?;
-            let dist = self.bank.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
-            let dist = dist.to_device(&Device::Cpu)?;
-            let mut nlls = Vec::new();
-            for (i, s) in fsl.iter().enumerate() {
-                let y = take(&f, s)?;
-                let (m, sd) = &self.flow_norm[i];
-                let y = y.broadcast_sub(m)?.broadcast_div(sd)?;
-                let (n, hs, ws, cs) = y.dims4()?;
-                let (z, ld) = self.flows[i].forward(&y.reshape((n * hs * ws, cs))?)?;
-                nlls.push((RealNvp::nll(&z, &ld)?.reshape((n, hs, ws))?.to_device(&Device::Cpu)?, hs));
-            }
-            for i in 0..n {
+            let dist = self.memory_distances(&f, &bsl)?;
+            let nlls = self.flow_nlls(&f, &fsl)?;
+            out.extend(self.smooth_all(&dist, &nlls)?);
+        }
+        Ok(out)
+    }
+
+    /// `[n, h, w, C]` features -> `[n, h, w]` distance to the nearest bank patch (on the CPU).
+    fn memory_distances(&self, f: &Tensor, bsl: &[Slice]) -> Result<Tensor> {
+        let b = bank_features(f, bsl)?.broadcast_sub(&self.bank_mean)?.broadcast_div(&self.bank_std)?;
+        let b = local_average(&b, self.cfg.neighbourhood)?;
+        let (n, h, w, c) = b.dims4()?;
+        let dist = self.bank.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
+        Ok(dist.to_device(&Device::Cpu)?)
+    }
+
+    /// Per flow stage: `[n, hs, ws]` negative log-likelihoods (on the CPU) and `hs`.
+    fn flow_nlls(&self, f: &Tensor, fsl: &[Slice]) -> Result<Vec<(Tensor, usize)>> {
+        let mut nlls = Vec::new();
+        for (i, s) in fsl.iter().enumerate() {
+            let y = take(f, s)?;
+            let (m, sd) = &self.flow_norm[i];
+            let y = y.broadcast_sub(m)?.broadcast_div(sd)?;
+            let (n, hs, ws, cs) = y.dims4()?;
+            let (z, ld) = self.flows[i].forward(&y.reshape((n * hs * ws, cs))?)?;
+            nlls.push((RealNvp::nll(&z, &ld)?.reshape((n, hs, ws))?.to_device(&Device::Cpu)?, hs));
+        }
+        Ok(nlls)
+    }
+
+    fn smooth_all(&self, dist: &Tensor, nlls: &[(Tensor, usize)]) -> Result<Vec<RawMaps>> {
+        let (n, h, _) = dist.dims3()?;
+        (0..n)
+            .map(|i| {
                 let m = dist.get(i)?.flatten_all()?.to_vec1::<f32>()?;
                 let flows = nlls
                     .iter()
                     .map(|(t, hs)| Ok(self.smooth(&t.get(i)?.flatten_all()?.to_vec1::<f32>()?, *hs)))
                     .collect::<Result<Vec<_>>>()?;
-                out.push(RawMaps { memory: self.smooth(&m, h), flows });
-            }
-        }
-        Ok(out)
+                Ok(RawMaps { memory: self.smooth(&m, h), flows })
+            })
+            .collect()
+    }
+
+    /// Seconds spent on backbone, flows, memory-bank search and map smoothing for
+    /// one batch of prepared inputs `[n, 3, s, s]` (`flowspect bench`).
+    pub fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
+        let t0 = std::time::Instant::now();
+        let f = features::extract(&self.backbone, &self.cfg.tap, x)?;
+        f.device().synchronize()?;
+        let t1 = std::time::Instant::now();
+        let nlls = self.flow_nlls(&f, &self.flow_slices()?)?;
+        let t2 = std::time::Instant::now();
+        let dist = self.memory_distances(&f, &self.bank_slices()?)?;
+        let t3 = std::time::Instant::now();
+        let _ = self.smooth_all(&dist, &nlls)?;
+        let t4 = std::time::Instant::now();
+        Ok([
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            (t4 - t3).as_secs_f64(),
+        ])
     }
 
     /// Normalises raw maps per position (when calibrated) and scores them.

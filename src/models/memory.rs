@@ -106,8 +106,10 @@ pub struct MemoryBank {
     sq: Tensor,
 }
 
-/// Bank rows compared at once (bounds the `M x rows` distance block in memory).
-const BANK_BLOCK: usize = 16384;
+/// Bank rows and query rows compared at once: the distance block is at most
+/// `QUERY_BLOCK x BANK_BLOCK` floats (32 MiB).
+const BANK_BLOCK: usize = 8192;
+const QUERY_BLOCK: usize = 1024;
 
 impl MemoryBank {
     pub fn new(bank: Tensor) -> Result<Self> {
@@ -130,30 +132,41 @@ impl MemoryBank {
     }
 
     /// Euclidean distance of each query row `[M, D]` to its nearest bank row: `[M]`,
-    /// from `|q|^2 - 2 q.b + |b|^2` as one matrix product per block of the bank.
+    /// from `|q|^2 + min_b(|b|^2 - 2 q.b)`, one matrix product per block of queries and
+    /// bank rows (blocks bound the temporaries: a whole batch of 512 px images against a
+    /// full bank would be hundreds of MB per intermediate).
     pub fn nearest_distance(&self, q: &Tensor) -> Result<Tensor> {
         let q = q.to_dtype(DType::F32)?.contiguous()?;
-        let qsq = q.sqr()?.sum_keepdim(D::Minus1)?;
+        let m = q.dim(0)?;
         let k = self.len();
-        let mut best: Option<Tensor> = None;
-        let mut start = 0;
-        while start < k {
-            let len = BANK_BLOCK.min(k - start);
-            let b = self.bank.narrow(0, start, len)?;
-            let bsq = self.sq.narrow(1, start, len)?;
-            let dot = q.matmul(&b.t()?)?;
-            let d2 = (dot.affine(-2.0, 0.0)?.broadcast_add(&qsq)?.broadcast_add(&bsq))?.min(D::Minus1)?;
-            best = Some(match best {
-                None => d2,
-                Some(m) => m.minimum(&d2)?,
-            });
-            start += len;
+        if k == 0 {
+            return Ok(Tensor::full(f32::INFINITY, m, q.device())?);
         }
-        let m = match best {
-            Some(m) => m,
-            None => Tensor::full(f32::INFINITY, q.dim(0)?, q.device())?,
-        };
-        Ok(m.relu()?.sqrt()?)
+        let mut parts = Vec::with_capacity(m.div_ceil(QUERY_BLOCK));
+        let mut qs = 0;
+        while qs < m {
+            let qb = q.narrow(0, qs, QUERY_BLOCK.min(m - qs))?;
+            let qsq = qb.sqr()?.sum(D::Minus1)?;
+            let qm2 = qb.affine(-2.0, 0.0)?;
+            let mut best: Option<Tensor> = None;
+            let mut start = 0;
+            while start < k {
+                let len = BANK_BLOCK.min(k - start);
+                let b = self.bank.narrow(0, start, len)?;
+                let bsq = self.sq.narrow(1, start, len)?;
+                let d = qm2.matmul(&b.t()?)?.broadcast_add(&bsq)?.min(D::Minus1)?;
+                best = Some(match best {
+                    None => d,
+                    Some(prev) => prev.minimum(&d)?,
+                });
+                start += len;
+            }
+            if let Some(b) = best {
+                parts.push((b + qsq)?);
+            }
+            qs += QUERY_BLOCK;
+        }
+        Ok(Tensor::cat(&parts, 0)?.relu()?.sqrt()?)
     }
 }
 
@@ -220,7 +233,8 @@ mod tests {
     #[test]
     fn nearest_neighbour_equals_brute_force() {
         let mut rng = Rng::new(3);
-        let (k, m, d) = (BANK_BLOCK + 777, 37, 12);
+        // Both the bank and the queries span more than one block.
+        let (k, m, d) = (BANK_BLOCK + 777, QUERY_BLOCK + 37, 12);
         let bank: Vec<f32> = (0..k * d).map(|_| rng.normal() as f32).collect();
         let q: Vec<f32> = (0..m * d).map(|_| rng.normal() as f32).collect();
         let mb = MemoryBank::new(Tensor::from_slice(&bank, (k, d), &Device::Cpu).unwrap()).unwrap();

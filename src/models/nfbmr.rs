@@ -366,7 +366,7 @@ impl NfBmr {
     /// Scores images whose features are already extracted.
     pub fn score_features(&self, feats: &[&ImageFeatures]) -> Result<Vec<Scored>> {
         let mut out = Vec::with_capacity(feats.len());
-        for chunk in feats.chunks(8) {
+        for chunk in feats.chunks(features::forward_batch(self.backbone.device())) {
             let ys: Vec<Tensor> = chunk
                 .iter()
                 .map(|f| Ok(f.features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?))
