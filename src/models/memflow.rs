@@ -6,7 +6,8 @@
 //! well-documented practice, and each choice is an option of [`MemFlowConfig`]:
 //! - **Features**: one pass of the frozen backbone; the bank uses stages 4 and 5
 //!   (stride 16, concatenated, standardised per channel with the training images'
-//!   statistics so neither stage dominates the distance), the flows use stage 5
+//!   statistics so neither stage dominates the distance; bank stages of different
+//!   strides all sit on the finest one's grid), the flows use stage 5
 //!   (stride 16) and stage 6 (stride 32) as two scales (FastFlow / CS-Flow use
 //!   several backbone scales). The input is mirrored at the border, as for NF-BMR.
 //! - **Noise-insensitive averaging**: each bank feature is the mean over its 3x3
@@ -164,8 +165,11 @@ fn take(f: &Tensor, s: &Slice) -> Result<Tensor> {
     Ok(t.contiguous()?)
 }
 
+/// The bank stages' channels at the finest tapped stride (coarser stages repeated, as
+/// PatchCore upsamples layer 3 to layer 2's grid).
 fn bank_features(f: &Tensor, sl: &[Slice]) -> Result<Tensor> {
-    let parts: Vec<Tensor> = sl.iter().map(|s| take(f, s)).collect::<Result<_>>()?;
+    let nd = f.rank();
+    let parts: Vec<Tensor> = sl.iter().map(|s| f.narrow(nd - 1, s.offset, s.channels)).collect::<candle_core::Result<_>>()?;
     Ok(Tensor::cat(&parts, D::Minus1)?)
 }
 
@@ -184,9 +188,6 @@ impl MemFlow {
         let finest = cfg.tap.stride();
         for &s in cfg.bank_stages.iter().chain(&cfg.flow_stages) {
             crate::backbone::config::check_stage(s)?;
-            if cfg.bank_stages.contains(&s) && STAGE_STRIDE[s - 1] != finest {
-                return Err(Error::Config(format!("bank stage {s} must have the finest stride ({finest})")));
-            }
             if (cfg.tap.reflect_cells * finest) % STAGE_STRIDE[s - 1] != 0 {
                 return Err(Error::Config(format!("the border padding must be a whole number of stage {s} cells")));
             }
