@@ -50,26 +50,23 @@ fn train_eval_predict_on_real_images() {
 
     // The other method from the same command; BMR options are refused for it.
     let mf = dir.path().join("mf.fsm");
-    let out = flowspect()
-        .args(["train", "--method", "memflow", "--data"])
-        .arg(&mt)
-        .args(["--limit", "6", "--image-size", "64", "--epochs", "1", "--flow-hidden", "32", "--coreset-ratio", "0.5", "--device", "cpu", "--out"])
-        .arg(&mf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let o = String::from_utf8_lossy(&out.stdout);
+    let train_memflow = |extra: &[&str]| {
+        let out = flowspect()
+            .args(["train", "--method", "memflow"])
+            .args(extra)
+            .arg("--data")
+            .arg(&mt)
+            .args(["--limit", "6", "--image-size", "64", "--epochs", "1", "--flow-hidden", "32", "--coreset-ratio", "0.5", "--device", "cpu", "--out"])
+            .arg(&mf)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let o = train_memflow(&[]);
     assert!(o.contains("trained memflow on") && o.contains("memory bank 40 of 80 patches"), "{o}");
     // A bank that includes a finer stage (3, stride 8) sits on that stage's grid: 4x the patches.
-    let out = flowspect()
-        .args(["train", "--method", "memflow", "--stage", "3,4", "--data"])
-        .arg(&mt)
-        .args(["--limit", "6", "--image-size", "64", "--epochs", "1", "--flow-hidden", "32", "--coreset-ratio", "0.5", "--device", "cpu", "--out"])
-        .arg(&mf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let o = String::from_utf8_lossy(&out.stdout);
+    let o = train_memflow(&["--stage", "3,4"]);
     assert!(o.contains("memory bank 160 of 320 patches"), "{o}");
     let out = flowspect().args(["train", "--method", "memflow", "--hidden", "8", "--data"]).arg(&mt).arg("--out").arg(&mf).output().unwrap();
     assert!(!out.status.success());

@@ -2,7 +2,7 @@
 use super::progress::CliProgress;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use flowspect::backbone::{self, BackboneMode, config::STAGE_STRIDE};
+use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::{self, spread};
 use flowspect::detector::{Detector, DetectorConfig, Method};
 use flowspect::device::{self, DeviceChoice};
@@ -103,12 +103,7 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
                 let mut all: Vec<usize> = s.iter().chain(&c.flow_stages).copied().collect();
                 all.sort();
                 all.dedup();
-                c.tap.stages = all;
-                // Keep the border padding a whole number of cells of every stage (32 px by default).
-                let strides: Vec<usize> = c.tap.stages.iter().filter_map(|&s| STAGE_STRIDE.get(s.wrapping_sub(1)).copied()).collect();
-                if let (Some(fine), Some(coarse)) = (strides.iter().min(), strides.iter().max()) {
-                    c.tap.reflect_cells = c.tap.reflect_cells.max(coarse / fine);
-                }
+                c.tap.set_stages(all);
             }
             if let Some(l) = a.flow_lr {
                 c.flow_optim.lr = l;

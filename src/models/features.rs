@@ -34,6 +34,16 @@ impl FeatureTap {
     pub fn pad_pixels(&self) -> usize {
         self.reflect_cells * self.stride()
     }
+    /// Taps `stages`, widening the border padding where needed so that it stays a whole
+    /// number of cells of the coarsest stage (unknown stages are left to the config check).
+    pub fn set_stages(&mut self, stages: Vec<usize>) {
+        self.stages = stages;
+        let strides = self.stages.iter().filter_map(|&s| STAGE_STRIDE.get(s.wrapping_sub(1)).copied());
+        let (fine, coarse) = strides.fold((usize::MAX, 0), |(f, c), s| (f.min(s), c.max(s)));
+        if coarse > 0 {
+            self.reflect_cells = self.reflect_cells.max(coarse / fine);
+        }
+    }
 }
 
 /// Pads `[B, C, H, W]` by `p` on every side, mirroring the image (without repeating
@@ -99,6 +109,11 @@ pub fn extract(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<Tenso
         f
     };
     Ok(f.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// Seconds between consecutive instants (the stage times of `timed_stages`).
+pub fn intervals(t: [std::time::Instant; 5]) -> [f64; 4] {
+    std::array::from_fn(|i| (t[i + 1] - t[i]).as_secs_f64())
 }
 
 /// Images per forward pass on `device`. On the CPU one image at a time is faster per

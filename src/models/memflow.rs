@@ -426,12 +426,7 @@ impl MemFlow {
         let t3 = std::time::Instant::now();
         let _ = self.smooth_all(&dist, &nlls)?;
         let t4 = std::time::Instant::now();
-        Ok([
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t3 - t2).as_secs_f64(),
-            (t4 - t3).as_secs_f64(),
-        ])
+        Ok(features::intervals([t0, t1, t2, t3, t4]))
     }
 
     /// Normalises raw maps per position (when calibrated) and scores them.

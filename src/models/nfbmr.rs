@@ -233,12 +233,7 @@ impl NfBmr {
             let _ = self.smooth(&n, h);
         }
         let t4 = std::time::Instant::now();
-        Ok([
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t3 - t2).as_secs_f64(),
-            (t4 - t3).as_secs_f64(),
-        ])
+        Ok(features::intervals([t0, t1, t2, t3, t4]))
     }
 
     /// Trains on good images. Unreadable files are skipped and listed in the report.
