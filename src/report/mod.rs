@@ -379,6 +379,24 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_read_back_bit_for_bit() {
+        // 16/17 is the F1 a CI run produced; serde_json without `float_roundtrip`
+        // reads it back one ULP low, so report.json disagreed with the report.
+        let m = LabelledMetrics {
+            image_auroc: 47.0 / 48.0,
+            f1_max: 16.0 / 17.0,
+            f1_max_threshold: 3.200_852_2,
+            precision: 8.0 / 9.0,
+            recall: 1.0,
+            f1: 16.0 / 17.0,
+            roc: vec![RocPoint { threshold: f32::INFINITY, fpr: 0.0, tpr: 0.0 }, RocPoint { threshold: 3.2, fpr: 1.0 / 6.0, tpr: 1.0 }],
+        };
+        let back: LabelledMetrics = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back.f1_max.to_bits(), m.f1_max.to_bits());
+        assert_eq!(back, m);
+    }
+
+    #[test]
     fn names_are_unique_and_safe() {
         let mut used = HashSet::new();
         let s = |p: &str, k: &str| Sample { path: PathBuf::from(p), defect: None, kind: k.into(), mask: None };
