@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     let stages: Vec<usize> = a[3].split(',').map(|s| s.parse().unwrap()).collect();
     let n: usize = a[4].parse()?;
     let net = backbone::load(&backbone::default_backbone_path(), &Device::Cpu, BackboneMode::Fast)?;
-    let tap = FeatureTap { image_size: size, stages, reflect_cells: 0 };
+    let tap = FeatureTap::new(size, stages);
     let train = data::training_images(&dir)?;
     let train: Vec<_> = (0..n).map(|i| train[i * train.len() / n].clone()).collect();
     let t0 = std::time::Instant::now();

@@ -9,6 +9,7 @@ use crate::backbone::{BackboneMode, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 use crate::models::features::{self, FeatureTap};
+use crate::models::global::GlobalGaussian;
 use crate::models::memflow::{MemFlow, MemFlowConfig};
 use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, ScoreKind, Scored, TrainReport, default_threshold};
 use crate::progress::Progress;
@@ -274,7 +275,7 @@ impl Detector {
     ) -> Result<Self> {
         let cfg: DetectorConfig = cfg.into();
         let method = cfg.method();
-        let last = cfg.tap().stages.iter().copied().max().unwrap_or(7);
+        let last = cfg.tap().last_stage().unwrap_or(7);
         let bb_tensors: HashMap<String, Tensor> = backbone
             .tensors()
             .into_iter()
@@ -352,10 +353,17 @@ impl Detector {
         self.meta.config.tap().image_size
     }
 
-    /// Switches the image score (map maximum, flow, fused) without retraining.
-    pub fn set_score(&mut self, k: ScoreKind) {
+    /// Switches the image score (map maximum, flow, fused, global) without retraining;
+    /// refuses a score the model has no parts for.
+    pub fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        if k.needs_global() && !matches!(&self.model, Model::NfBmr(m) if m.global.is_some()) {
+            return Err(Error::Config(format!(
+                "this model has no pooled-feature Gaussian, so it cannot give the {k:?} score (train it with global stages)"
+            )));
+        }
         self.meta.config.set_score(k);
         self.model.set_score(k);
+        Ok(())
     }
 
     /// Size of the memory bank in bytes (MemFlowNet), or `None`.
@@ -369,7 +377,7 @@ impl Detector {
     /// Writes the model file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let last = self.meta.config.tap().stages.iter().copied().max().unwrap_or(7);
+        let last = self.meta.config.tap().last_stage().unwrap_or(7);
         for (k, v) in self.model.backbone().tensors() {
             if keep_backbone_tensor(&k, &self.meta.backbone.config, last) {
                 tensors.push((format!("backbone.{k}"), v.to_device(&Device::Cpu)?));
@@ -381,6 +389,9 @@ impl Detector {
                 tensors.push(("norm.std".into(), m.std.to_device(&Device::Cpu)?));
                 varmap_tensors("flow", &m.flow_vars, &mut tensors)?;
                 varmap_tensors("bmr", &m.bmr_vars, &mut tensors)?;
+                if let Some(g) = &m.global {
+                    tensors.extend(g.tensors("global")?);
+                }
             }
             Model::MemFlow(m) => {
                 tensors.push(("memory.bank".into(), m.bank.bank.to_device(&Device::Cpu)?));
@@ -440,7 +451,7 @@ impl Detector {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("backbone.").map(|k| (k.to_string(), v.clone())))
             .collect();
-        let last = meta.config.tap().stages.iter().copied().max().unwrap_or(7);
+        let last = meta.config.tap().last_stage().unwrap_or(7);
         let fp = fingerprint(&bb)?;
         if fp != meta.backbone.fingerprint {
             return Err(Error::bad_file(path, "backbone weights do not match their fingerprint (corrupt file)"));
@@ -464,6 +475,11 @@ impl Detector {
                 fill_varmap(path, "bmr", &model.bmr_vars, &all)?;
                 model.mean = mean;
                 model.std = std;
+                if !c.tap.global_stages.is_empty() {
+                    model.global = Some(GlobalGaussian::from_tensors("global", &c.tap.global_stages, &all, |n| {
+                        Error::bad_file(path, format!("model file lacks tensor '{n}'"))
+                    })?);
+                }
                 model.calibration = meta.calibration.clone();
                 Model::NfBmr(model)
             }

@@ -3,7 +3,7 @@ use crate::data::{Sample, image_io::load_mask};
 use crate::detector::Detector;
 use crate::error::Result;
 use crate::metrics::{self, Confusion, PixelAuroc, ProAccumulator, RocPoint};
-use crate::models::nfbmr::{ScoreKind, Scored, image_score};
+use crate::models::nfbmr::{ScoreKind, ScoreParts, Scored, image_score};
 use crate::progress::{CancelToken, Progress, ProgressSink};
 use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,29 @@ pub struct ImageResult {
     pub score: f32,
     pub map_max: f32,
     pub flow_max: f32,
+    /// Distance to the pooled-feature Gaussian (NaN, written as null, without one).
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub global: f32,
+}
+
+fn nan() -> f32 {
+    f32::NAN
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
+impl ScoreParts for ImageResult {
+    fn map_max(&self) -> f32 {
+        self.map_max
+    }
+    fn flow_max(&self) -> f32 {
+        self.flow_max
+    }
+    fn global(&self) -> f32 {
+        self.global
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +54,11 @@ pub struct EvalReport {
     pub auroc_map_max: Option<f64>,
     pub auroc_flow: Option<f64>,
     pub auroc_fused: Option<f64>,
+    /// Image AUROC of the pooled-feature distance alone and of `map-global`.
+    #[serde(default)]
+    pub auroc_global: Option<f64>,
+    #[serde(default)]
+    pub auroc_map_global: Option<f64>,
     pub f1_max: Option<f64>,
     /// The threshold reaching `f1_max`.
     pub threshold: Option<f32>,
@@ -75,6 +103,7 @@ pub fn evaluate(
             score: s.score,
             map_max: s.map_max,
             flow_max: s.flow_max,
+            global: s.global,
         });
         match sample.defect {
             Some(d) => {
@@ -140,6 +169,15 @@ pub fn evaluate(
             auroc_by_kind.insert(k.to_string(), a);
         }
     }
+    // The image AUROC any score kind would give (NaN parts: no AUROC).
+    let labelled: Vec<&ImageResult> = images.iter().filter(|i| i.defect.is_some()).collect();
+    let auroc_of = |kind: ScoreKind| -> Option<f64> {
+        let s: Vec<f32> = labelled.iter().map(|i| image_score(kind, *i, &det.meta.calibration)).collect();
+        if s.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        metrics::auroc(&s, &labelled.iter().map(|i| i.defect == Some(true)).collect::<Vec<_>>())
+    };
     let f1 = metrics::f1_max(&scores, &labels);
     let model_threshold = det.meta.threshold;
     let confusion = Confusion::at(&scores, &labels, model_threshold);
@@ -150,14 +188,9 @@ pub fn evaluate(
         auroc_by_kind,
         auroc_map_max: metrics::auroc(&map_scores, &labels),
         auroc_flow: metrics::auroc(&flow_scores, &labels),
-        auroc_fused: metrics::auroc(
-            &map_scores
-                .iter()
-                .zip(&flow_scores)
-                .map(|(&m, &f)| image_score(ScoreKind::Fused, m, f, &det.meta.calibration))
-                .collect::<Vec<_>>(),
-            &labels,
-        ),
+        auroc_fused: auroc_of(ScoreKind::Fused),
+        auroc_global: auroc_of(ScoreKind::Global),
+        auroc_map_global: auroc_of(ScoreKind::MapGlobal),
         f1_max: f1.map(|f| f.0),
         threshold: f1.map(|f| f.1),
         model_threshold,

@@ -29,11 +29,19 @@ fn save_load_round_trip_gives_identical_scores() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.score, y.score);
         assert_eq!(x.map, y.map);
+        // The pooled-feature Gaussian (default score map-global) is saved too.
+        assert!(x.global.is_finite());
+        assert_eq!(x.global, y.global);
     }
-    // The model embeds the backbone only up to the tapped stage: far smaller than the full file.
+    // The model embeds the backbone only up to the last stage it runs (stage 6, pooled
+    // for the global score): no stage 7, head or classifier, so smaller than the full file.
     let size = std::fs::metadata(&path).unwrap().len();
     let full = std::fs::metadata(root().join(backbone::DEFAULT_BACKBONE)).unwrap().len();
-    assert!(size < full / 2, "model {size} bytes, full backbone {full}");
+    assert!(size < full * 2 / 3, "model {size} bytes, full backbone {full}");
+    let bytes = std::fs::read(&path).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(|n| n.to_string()).collect();
+    assert!(names.iter().any(|n| n.starts_with("global.6.")), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("backbone.head.") || n.starts_with("backbone.classifier.")));
 }
 
 #[test]

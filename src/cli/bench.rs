@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// The detector whose stages are timed: nf-bmr (flow + BMR) or memflow (flows + memory-bank search).
     #[arg(long, default_value = "nf-bmr")]
     pub method: Method,
+    /// nf-bmr: stages pooled for the global score (default 4,5,6), or "none".
+    #[arg(long)]
+    pub global_stages: Option<String>,
     /// memflow: patches in the memory bank searched per position (17,613 is the bank of the
     /// full magnetic-tile training set at the default coreset ratio 0.1).
     #[arg(long, default_value = "17613")]
@@ -82,6 +85,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let model = match DetectorConfig::default_for(a.method) {
             DetectorConfig::NfBmr(mut cfg) => {
                 cfg.tap.image_size = size;
+                if let Some(g) = &a.global_stages {
+                    cfg.tap.global_stages = super::inspect::parse_global_stages(g)?;
+                }
                 let dim = cfg.tap.stages.iter().map(|&s| net.config().stage_channels(s)).sum::<flowspect::Result<usize>>()?;
                 Model::NfBmr(NfBmr::untrained(fast, cfg, dim)?)
             }

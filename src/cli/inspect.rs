@@ -43,9 +43,12 @@ pub struct TrainArgs {
     /// Learning rate of the BMR mapping networks (Adam).
     #[arg(long)]
     pub bmr_lr: Option<f64>,
-    /// Image score: map-max, flow-nll or fused.
+    /// Image score: map-global (nf-bmr default), map-max, flow-nll, fused or global (memflow default: fused).
     #[arg(long)]
     pub score: Option<ScoreKind>,
+    /// nf-bmr: stages pooled over the whole image for the global score, comma-separated, or "none".
+    #[arg(long)]
+    pub global_stages: Option<String>,
     /// Use at most this many training images (evenly spaced), for quick runs.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -59,6 +62,17 @@ pub struct TrainArgs {
     /// Model file to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `--global-stages`: stage numbers like `4,5,6`, or `none`.
+pub fn parse_global_stages(g: &str) -> Result<Vec<usize>> {
+    if g == "none" {
+        return Ok(Vec::new());
+    }
+    g.split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("--global-stages {g}: expected stage numbers like 4,5,6 or none"))
 }
 
 pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
@@ -93,11 +107,20 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
             if let Some(l) = a.bmr_lr {
                 c.bmr_optim.lr = l;
             }
+            if let Some(g) = &a.global_stages {
+                c.tap.global_stages = parse_global_stages(g)?;
+                if c.tap.global_stages.is_empty() && a.score.is_none() {
+                    c.score = ScoreKind::MapMax;
+                }
+            }
             if a.coreset_ratio.is_some() {
                 bail!("--coreset-ratio is a memflow option");
             }
         }
         DetectorConfig::MemFlow(c) => {
+            if a.global_stages.is_some() {
+                bail!("--global-stages is an nf-bmr option");
+            }
             if let Some(s) = &a.stage {
                 c.bank_stages = s.clone();
                 let mut all: Vec<usize> = s.iter().chain(&c.flow_stages).copied().collect();
@@ -208,7 +231,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let dev = a.device.open()?;
     let mut det = Detector::load(&a.model, &dev)?;
     if let Some(s) = a.score {
-        det.set_score(s);
+        det.set_score(s)?;
     }
     let samples = spread(&data::test_samples(&a.data)?, a.limit);
     if samples.iter().all(|s| s.defect.is_none()) {
@@ -229,10 +252,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     println!("AUPRO@0.3    {}", fmt(rep.aupro));
     println!("F1-max       {} at threshold {}", fmt(rep.f1_max), rep.threshold.map(|t| format!("{t:.5}")).unwrap_or("n/a".into()));
     println!(
-        "  image AUROC of map max {}, of flow NLL {}, fused {}",
+        "  image AUROC of map max {}, of flow NLL {}, fused {}, global {}, map-global {}",
         fmt(rep.auroc_map_max),
         fmt(rep.auroc_flow),
-        fmt(rep.auroc_fused)
+        fmt(rep.auroc_fused),
+        fmt(rep.auroc_global),
+        fmt(rep.auroc_map_global)
     );
     for (k, v) in &rep.auroc_by_kind {
         println!("  {k:>12}: image AUROC {v:.4}");

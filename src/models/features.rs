@@ -21,9 +21,21 @@ pub struct FeatureTap {
     /// see image content instead of the backbone's zero padding.
     #[serde(default)]
     pub reflect_cells: usize,
+    /// Stages whose outputs are also pooled over the whole image (per channel mean and
+    /// standard deviation) for an image-level score; empty for none.
+    #[serde(default)]
+    pub global_stages: Vec<usize>,
 }
 
 impl FeatureTap {
+    /// A tap of `stages` at `image_size` with no border padding and no pooling.
+    pub fn new(image_size: usize, stages: Vec<usize>) -> Self {
+        Self { image_size, stages, reflect_cells: 0, global_stages: Vec::new() }
+    }
+    /// The last backbone stage that has to run (tapped or pooled).
+    pub fn last_stage(&self) -> Option<usize> {
+        self.stages.iter().chain(&self.global_stages).copied().max()
+    }
     pub fn stride(&self) -> usize {
         self.stages.iter().map(|&s| STAGE_STRIDE[s - 1]).min().unwrap_or(16)
     }
@@ -75,15 +87,22 @@ pub struct ImageFeatures {
     pub height: u32,
     /// `[h, w, C]`.
     pub features: Tensor,
+    /// Per pooled stage (`FeatureTap::global_stages`): `[mean_1..mean_C, sd_1..sd_C]`.
+    pub global: Vec<Vec<f32>>,
 }
 
 /// `[B, 3, S, S]` -> `[B, h, w, C]` of the tapped stages.
 pub fn extract(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<Tensor> {
-    let last = *tap
-        .stages
-        .iter()
-        .max()
-        .ok_or_else(|| Error::Config("no feature stage chosen".into()))?;
+    Ok(extract_full(net, tap, x)?.0)
+}
+
+/// The tapped features `[B, h, w, C]` and, per pooled stage, `[B, 2 C]`: each
+/// channel's mean and standard deviation over the image (border padding cropped off).
+pub fn extract_full(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    let last = tap.last_stage().ok_or_else(|| Error::Config("no feature stage chosen".into()))?;
+    if tap.stages.is_empty() {
+        return Err(Error::Config("no feature stage chosen".into()));
+    }
     let x = reflect_pad(x, tap.pad_pixels())?;
     let outs = net.forward_stages(&x, last)?;
     let mut picked: Vec<Tensor> = tap.stages.iter().map(|&s| outs[s - 1].clone()).collect();
@@ -108,7 +127,22 @@ pub fn extract(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<Tenso
     } else {
         f
     };
-    Ok(f.permute((0, 2, 3, 1))?.contiguous()?)
+    let mut pooled = Vec::with_capacity(tap.global_stages.len());
+    for &s in &tap.global_stages {
+        let t = &outs[s - 1];
+        let (_, _, th, tw) = t.dims4()?;
+        let cut = tap.pad_pixels() / STAGE_STRIDE[s - 1];
+        let t = if cut > 0 && th > 2 * cut && tw > 2 * cut {
+            t.narrow(2, cut, th - 2 * cut)?.narrow(3, cut, tw - 2 * cut)?
+        } else {
+            t.clone()
+        };
+        let t = t.flatten_from(2)?; // [B, C, n]
+        let mean = t.mean_keepdim(2)?;
+        let sd = t.broadcast_sub(&mean)?.sqr()?.mean(2)?.sqrt()?;
+        pooled.push(Tensor::cat(&[mean.squeeze(2)?, sd], 1)?);
+    }
+    Ok((f.permute((0, 2, 3, 1))?.contiguous()?, pooled))
 }
 
 /// Seconds between consecutive instants (the stage times of `timed_stages`).
@@ -162,13 +196,15 @@ pub fn extract_paths(
         for group in ok.chunks(forward_batch(net.device())) {
             let inputs: Vec<&[f32]> = group.iter().map(|(_, v)| v.2.as_slice()).collect();
             let x = image_io::batch_tensor(&inputs, tap.image_size, net.device())?;
-            let f = extract(net, tap, &x)?;
+            let (f, pooled) = extract_full(net, tap, &x)?;
+            let pooled: Vec<Vec<Vec<f32>>> = pooled.iter().map(|t| t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
             for (i, (p, (w, h, _))) in group.iter().enumerate() {
                 out.push(ImageFeatures {
                     path: p.clone(),
                     width: *w,
                     height: *h,
                     features: f.get(i)?,
+                    global: pooled.iter().map(|st| st[i].clone()).collect(),
                 });
             }
         }

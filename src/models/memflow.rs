@@ -71,7 +71,7 @@ pub struct MemFlowConfig {
 impl Default for MemFlowConfig {
     fn default() -> Self {
         Self {
-            tap: FeatureTap { image_size: 256, stages: vec![4, 5, 6], reflect_cells: 2 },
+            tap: FeatureTap { image_size: 256, stages: vec![4, 5, 6], reflect_cells: 2, global_stages: Vec::new() },
             bank_stages: vec![4, 5],
             flow_stages: vec![5, 6],
             neighbourhood: 3,
@@ -184,6 +184,9 @@ impl MemFlow {
     fn check(cfg: &MemFlowConfig) -> Result<()> {
         if cfg.bank_stages.is_empty() || cfg.flow_stages.is_empty() {
             return Err(Error::Config("memflow needs at least one bank stage and one flow stage".into()));
+        }
+        if cfg.score.needs_global() || !cfg.tap.global_stages.is_empty() {
+            return Err(Error::Config("memflow has no pooled-feature score (global, map-global); use map-max, flow-nll or fused".into()));
         }
         let finest = cfg.tap.stride();
         for &s in cfg.bank_stages.iter().chain(&cfg.flow_stages) {
@@ -457,7 +460,7 @@ impl MemFlow {
             }
             let map_max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let flow_max = flow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            out.push(Scored {
+            let mut s = Scored {
                 path: f.path.clone(),
                 width: f.width,
                 height: f.height,
@@ -466,8 +469,11 @@ impl MemFlow {
                 size,
                 map_max,
                 flow_max,
-                score: super::nfbmr::image_score(self.cfg.score, map_max, flow_max, cal),
-            });
+                global: f32::NAN,
+                score: 0.0,
+            };
+            s.score = super::nfbmr::image_score(self.cfg.score, &s, cal);
+            out.push(s);
         }
         out
     }

@@ -2,6 +2,7 @@
 pub mod bmr;
 pub mod features;
 pub mod flow;
+pub mod global;
 pub mod memflow;
 pub mod memory;
 pub mod nfbmr;

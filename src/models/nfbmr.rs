@@ -13,10 +13,16 @@
 //! - the flow's own score (per-position negative log-likelihood, smoothed the same way,
 //!   maximum) is computed too, and a fused score adds both after standardising each
 //!   with the held-out good images' statistics;
-//! - a tenth of the good images is held out for early stopping and calibration.
+//! - a tenth of the good images is held out for early stopping and calibration;
+//! - an image-level Gaussian of pooled stage 4, 5 and 6 features ([`super::global`])
+//!   catches defects that change a whole image a little, which no single map position
+//!   shows; the default image score is the larger of the map maximum and that distance,
+//!   each standardised on the held-out good images (`map-global`). The map itself is
+//!   unchanged by it.
 use super::bmr::{Bmr, BmrConfig};
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
+use super::global::GlobalGaussian;
 use super::training::{self, History, OptimConfig};
 use crate::backbone::EfficientNet;
 use crate::error::{Error, Result};
@@ -37,6 +43,18 @@ pub enum ScoreKind {
     FlowNll,
     /// Sum of both, each standardised on held-out good images.
     Fused,
+    /// Distance of the image's pooled features to the good images' Gaussian.
+    Global,
+    /// The larger of the map maximum and the global distance, each standardised on
+    /// held-out good images: a defect needs to stand out in one of them.
+    MapGlobal,
+}
+
+impl ScoreKind {
+    /// Whether this score needs the pooled-feature Gaussian.
+    pub fn needs_global(self) -> bool {
+        matches!(self, Self::Global | Self::MapGlobal)
+    }
 }
 
 impl std::str::FromStr for ScoreKind {
@@ -46,7 +64,9 @@ impl std::str::FromStr for ScoreKind {
             "map-max" | "map" => Ok(Self::MapMax),
             "flow-nll" | "flow" => Ok(Self::FlowNll),
             "fused" => Ok(Self::Fused),
-            _ => Err(Error::Config(format!("unknown score '{s}' (map-max, flow-nll, fused)"))),
+            "global" => Ok(Self::Global),
+            "map-global" => Ok(Self::MapGlobal),
+            _ => Err(Error::Config(format!("unknown score '{s}' (map-max, flow-nll, fused, global, map-global)"))),
         }
     }
 }
@@ -68,13 +88,20 @@ pub struct NfBmrConfig {
     /// that is always high on good images (corners, tile edges) is not an anomaly.
     #[serde(default)]
     pub position_norm: bool,
+    /// Covariance shrinkage of the pooled-feature Gaussian (`tap.global_stages`).
+    #[serde(default = "default_shrinkage")]
+    pub global_shrinkage: f64,
     pub seed: u64,
+}
+
+fn default_shrinkage() -> f64 {
+    0.1
 }
 
 impl Default for NfBmrConfig {
     fn default() -> Self {
         Self {
-            tap: FeatureTap { image_size: 384, stages: vec![5], reflect_cells: 2 },
+            tap: FeatureTap { image_size: 384, stages: vec![5], reflect_cells: 2, global_stages: vec![4, 5, 6] },
             flow: FlowConfig::default(),
             bmr: BmrConfig { hidden: 256, bottleneck: 64, blocks: 2 },
             flow_optim: OptimConfig {
@@ -96,8 +123,9 @@ impl Default for NfBmrConfig {
             },
             val_fraction: 0.1,
             smoothing_sigma: 4.0,
-            score: ScoreKind::MapMax,
+            score: ScoreKind::MapGlobal,
             position_norm: true,
+            global_shrinkage: default_shrinkage(),
             seed: 42,
         }
     }
@@ -124,6 +152,12 @@ pub struct Calibration {
     pub flow_position_mean: Vec<f32>,
     #[serde(default)]
     pub flow_position_scale: Vec<f32>,
+    /// Mean and spread of the held-out good images' global distances (0 and 1 when the
+    /// model has no pooled stages).
+    #[serde(default)]
+    pub global_mean: f32,
+    #[serde(default)]
+    pub global_std: f32,
 }
 
 /// One scored image.
@@ -139,6 +173,8 @@ pub struct Scored {
     pub size: usize,
     pub map_max: f32,
     pub flow_max: f32,
+    /// Distance of the pooled features to the good images' Gaussian (NaN without one).
+    pub global: f32,
     /// The image score of the model's configured kind.
     pub score: f32,
 }
@@ -176,7 +212,20 @@ pub struct NfBmr {
     pub bmr: Bmr,
     pub flow_vars: VarMap,
     pub bmr_vars: VarMap,
+    /// The pooled-feature Gaussian (`tap.global_stages`), if any.
+    pub global: Option<GlobalGaussian>,
     pub calibration: Calibration,
+}
+
+/// Refuses a configuration whose image score needs pooled stages it does not have.
+pub(crate) fn check_global(tap: &FeatureTap, score: ScoreKind) -> Result<()> {
+    for &s in &tap.global_stages {
+        crate::backbone::config::check_stage(s)?;
+    }
+    if score.needs_global() && tap.global_stages.is_empty() {
+        return Err(Error::Config(format!("the {score:?} score needs pooled stages (global_stages), and none are configured")));
+    }
+    Ok(())
 }
 
 fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap, RealNvp, VarMap, Bmr)> {
@@ -201,6 +250,7 @@ impl NfBmr {
             bmr,
             flow_vars,
             bmr_vars,
+            global: None,
             calibration: Calibration::default(),
         })
     }
@@ -244,11 +294,18 @@ impl NfBmr {
         progress: &dyn ProgressSink,
         cancel: &CancelToken,
     ) -> Result<(Self, TrainReport)> {
+        check_global(&cfg.tap, cfg.score)?;
         let t0 = std::time::Instant::now();
         let device = backbone.device().clone();
         let (feats, skipped) = features::extract_training(&backbone, &cfg.tap, files, progress, cancel)?;
         let feature_seconds = t0.elapsed().as_secs_f64();
         let (tr, va) = features::hold_out(&feats, cfg.val_fraction);
+        let global = if cfg.tap.global_stages.is_empty() {
+            None
+        } else {
+            let pooled: Vec<&[Vec<f32>]> = tr.iter().map(|f| f.global.as_slice()).collect();
+            Some(GlobalGaussian::fit(&cfg.tap.global_stages, &pooled, cfg.global_shrinkage)?)
+        };
         let (mean, std) = features::channel_stats(&tr.iter().map(|f| &f.features).collect::<Vec<_>>())?;
         let norm = |f: &ImageFeatures| -> Result<Tensor> {
             Ok(f.features.broadcast_sub(&mean)?.broadcast_div(&std)?)
@@ -312,13 +369,14 @@ impl NfBmr {
             bmr,
             flow_vars: fv,
             bmr_vars: bv,
+            global,
             calibration: Calibration::default(),
         };
         // Calibration on the held-out good images (or training ones if none held out).
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
+        let raw = if model.cfg.position_norm { model.score_features(&cal_set)? } else { Vec::new() };
         if model.cfg.position_norm {
-            let raw = model.score_features(&cal_set)?;
             let (pm, ps) = position_stats(raw.iter().map(|s| &s.map));
             let (fm, fs) = position_stats(raw.iter().map(|s| &s.flow_map));
             model.calibration.position_mean = pm;
@@ -326,7 +384,19 @@ impl NfBmr {
             model.calibration.flow_position_mean = fm;
             model.calibration.flow_position_scale = fs;
         }
-        let cal = model.score_features(&cal_set)?;
+        let mut cal = model.score_features(&cal_set)?;
+        if raw.len() > 2 {
+            // Normalised by statistics that include the image itself, a held-out image
+            // looks more normal than any new one (its maximum is pulled towards the
+            // mean), which made the score statistics too tight: take each image's
+            // maxima with the statistics of the other held-out images instead.
+            let maps = loo_position_maxima(&raw.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
+            let flows = loo_position_maxima(&raw.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
+            for ((s, m), f) in cal.iter_mut().zip(maps).zip(flows) {
+                s.map_max = m;
+                s.flow_max = f;
+            }
+        }
         let positions = std::mem::take(&mut model.calibration);
         model.calibration = calibrate(&cal, model.cfg.score, positions);
         let report = TrainReport {
@@ -390,6 +460,10 @@ impl NfBmr {
                 }
                 let map_max = sm.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let flow_max = sn.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let global = match &self.global {
+                    Some(g) => g.score(&f.global)?,
+                    None => f32::NAN,
+                };
                 out.push(Scored {
                     path: f.path.clone(),
                     width: f.width,
@@ -399,13 +473,14 @@ impl NfBmr {
                     size: self.cfg.tap.image_size,
                     map_max,
                     flow_max,
+                    global,
                     score: 0.0,
                 });
             }
         }
         let cal = &self.calibration;
         for s in out.iter_mut() {
-            s.score = image_score(self.cfg.score, s.map_max, s.flow_max, cal);
+            s.score = image_score(self.cfg.score, s, cal);
         }
         Ok(out)
     }
@@ -448,6 +523,42 @@ pub(crate) fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (V
     (mean, scale)
 }
 
+/// For each map, its maximum after position normalisation ([`position_stats`]) with
+/// the statistics of all the other maps (leave one out).
+pub(crate) fn loo_position_maxima(maps: &[&[f32]]) -> Vec<f32> {
+    let n = maps.len();
+    if n < 3 {
+        return vec![f32::NAN; n];
+    }
+    let len = maps[0].len();
+    let (mut s1, mut s2) = (vec![0f64; len], vec![0f64; len]);
+    for m in maps {
+        for ((a, b), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(m.iter()) {
+            *a += v as f64;
+            *b += (v as f64) * (v as f64);
+        }
+    }
+    let k = (n - 1) as f64;
+    maps.iter()
+        .map(|m| {
+            let stats: Vec<(f64, f64)> = m
+                .iter()
+                .enumerate()
+                .map(|(p, &v)| {
+                    let mean = (s1[p] - v as f64) / k;
+                    let var = ((s2[p] - (v as f64).powi(2)) / k - mean * mean).max(0.0);
+                    (mean, var)
+                })
+                .collect();
+            let global = stats.iter().map(|s| s.1).sum::<f64>() / len as f64;
+            m.iter()
+                .zip(&stats)
+                .map(|(&v, &(mean, var))| ((v as f64 - mean) / (0.5 * var + 0.5 * global).sqrt().max(1e-6)) as f32)
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect()
+}
+
 fn mean_std(v: &[f32]) -> (f32, f32) {
     let n = v.len().max(1) as f32;
     let m = v.iter().sum::<f32>() / n;
@@ -455,13 +566,36 @@ fn mean_std(v: &[f32]) -> (f32, f32) {
     (m, sd.max(1e-6))
 }
 
-pub fn image_score(kind: ScoreKind, map_max: f32, flow_max: f32, cal: &Calibration) -> f32 {
+/// The image score of `kind` from an image's parts (map maximum, flow maximum, global
+/// distance) and the held-out good images' statistics.
+pub fn image_score(kind: ScoreKind, s: &impl ScoreParts, cal: &Calibration) -> f32 {
+    let z_map = (s.map_max() - cal.map_mean) / cal.map_std.max(1e-6);
+    let z_global = (s.global() - cal.global_mean) / cal.global_std.max(1e-6);
     match kind {
-        ScoreKind::MapMax => map_max,
-        ScoreKind::FlowNll => flow_max,
-        ScoreKind::Fused => {
-            (map_max - cal.map_mean) / cal.map_std.max(1e-6) + (flow_max - cal.flow_mean) / cal.flow_std.max(1e-6)
-        }
+        ScoreKind::MapMax => s.map_max(),
+        ScoreKind::FlowNll => s.flow_max(),
+        ScoreKind::Fused => z_map + (s.flow_max() - cal.flow_mean) / cal.flow_std.max(1e-6),
+        ScoreKind::Global => s.global(),
+        ScoreKind::MapGlobal => z_map.max(z_global),
+    }
+}
+
+/// What an image score is computed from.
+pub trait ScoreParts {
+    fn map_max(&self) -> f32;
+    fn flow_max(&self) -> f32;
+    fn global(&self) -> f32;
+}
+
+impl ScoreParts for Scored {
+    fn map_max(&self) -> f32 {
+        self.map_max
+    }
+    fn flow_max(&self) -> f32 {
+        self.flow_max
+    }
+    fn global(&self) -> f32 {
+        self.global
     }
 }
 
@@ -472,11 +606,15 @@ pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind, positions: Calibrati
     let flows: Vec<f32> = scored.iter().map(|s| s.flow_max).collect();
     let (map_mean, map_std) = mean_std(&maps);
     let (flow_mean, flow_std) = mean_std(&flows);
+    let globals: Vec<f32> = scored.iter().map(|s| s.global).filter(|g| g.is_finite()).collect();
+    let (global_mean, global_std) = if globals.is_empty() { (0.0, 1.0) } else { mean_std(&globals) };
     let mut c = Calibration {
         map_mean,
         map_std,
         flow_mean,
         flow_std,
+        global_mean,
+        global_std,
         val_scores: Vec::new(),
         pixel_p999: 0.0,
         position_mean: positions.position_mean,
@@ -484,11 +622,61 @@ pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind, positions: Calibrati
         flow_position_mean: positions.flow_position_mean,
         flow_position_scale: positions.flow_position_scale,
     };
-    c.val_scores = scored.iter().map(|s| image_score(kind, s.map_max, s.flow_max, &c)).collect();
+    c.val_scores = scored.iter().map(|s| image_score(kind, s, &c)).collect();
     let mut px: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(7).copied()).collect();
     px.sort_by(f32::total_cmp);
     if !px.is_empty() {
         c.pixel_p999 = px[((px.len() as f64 * 0.999) as usize).min(px.len() - 1)];
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn leave_one_out_maxima_equal_statistics_of_the_other_maps() {
+        let mut rng = Rng::new(11);
+        let maps: Vec<Vec<f32>> = (0..7).map(|i| (0..50).map(|p| (p % 5) as f32 + i as f32 * 0.1 + rng.normal() as f32).collect()).collect();
+        let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
+        let loo = loo_position_maxima(&refs);
+        for i in 0..maps.len() {
+            let others = maps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| m);
+            let (mean, scale) = position_stats(others);
+            let direct = maps[i].iter().zip(&mean).zip(&scale).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
+            assert!((loo[i] - direct).abs() < 1e-4 * direct.abs().max(1.0), "{i}: {} vs {direct}", loo[i]);
+            // An image inside its own statistics looks more normal than outside them.
+            let (mean, scale) = position_stats(maps.iter());
+            let inside = maps[i].iter().zip(&mean).zip(&scale).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
+            assert!(inside < loo[i], "{i}: {inside} vs {}", loo[i]);
+        }
+    }
+
+    #[test]
+    fn map_global_takes_the_larger_standardised_part() {
+        let cal = Calibration { map_mean: 2.0, map_std: 0.5, global_mean: 10.0, global_std: 5.0, ..Default::default() };
+        let s = |m: f32, g: f32| Scored {
+            path: PathBuf::new(),
+            width: 1,
+            height: 1,
+            map: vec![],
+            flow_map: vec![],
+            size: 1,
+            map_max: m,
+            flow_max: 0.0,
+            global: g,
+            score: 0.0,
+        };
+        assert_eq!(image_score(ScoreKind::MapGlobal, &s(3.0, 10.0), &cal), 2.0);
+        assert_eq!(image_score(ScoreKind::MapGlobal, &s(2.0, 25.0), &cal), 3.0);
+        assert_eq!(image_score(ScoreKind::Global, &s(2.0, 25.0), &cal), 25.0);
+        assert!(ScoreKind::MapGlobal.needs_global() && !ScoreKind::Fused.needs_global());
+        let tap = FeatureTap::new(64, vec![5]);
+        assert!(check_global(&tap, ScoreKind::MapGlobal).is_err());
+        assert!(check_global(&tap, ScoreKind::MapMax).is_ok());
+        let tap = FeatureTap { global_stages: vec![8], ..tap };
+        assert!(check_global(&tap, ScoreKind::MapMax).is_err());
+    }
 }
