@@ -576,6 +576,8 @@ pub fn image_score(kind: ScoreKind, s: &impl ScoreParts, cal: &Calibration) -> f
         ScoreKind::FlowNll => s.flow_max(),
         ScoreKind::Fused => z_map + (s.flow_max() - cal.flow_mean) / cal.flow_std.max(1e-6),
         ScoreKind::Global => s.global(),
+        // `f32::max` would drop a NaN part: without a global distance there is no score.
+        ScoreKind::MapGlobal if z_global.is_nan() => f32::NAN,
         ScoreKind::MapGlobal => z_map.max(z_global),
     }
 }
@@ -672,6 +674,9 @@ mod tests {
         assert_eq!(image_score(ScoreKind::MapGlobal, &s(3.0, 10.0), &cal), 2.0);
         assert_eq!(image_score(ScoreKind::MapGlobal, &s(2.0, 25.0), &cal), 3.0);
         assert_eq!(image_score(ScoreKind::Global, &s(2.0, 25.0), &cal), 25.0);
+        // A model without the Gaussian has no map-global score (the evaluation then
+        // reports no AUROC for it instead of the map's).
+        assert!(image_score(ScoreKind::MapGlobal, &s(3.0, f32::NAN), &cal).is_nan());
         assert!(ScoreKind::MapGlobal.needs_global() && !ScoreKind::Fused.needs_global());
         let tap = FeatureTap::new(64, vec![5]);
         assert!(check_global(&tap, ScoreKind::MapGlobal).is_err());
