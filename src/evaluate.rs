@@ -3,7 +3,7 @@ use crate::data::{Sample, image_io::load_mask};
 use crate::detector::Detector;
 use crate::error::Result;
 use crate::metrics::{self, Confusion, PixelAuroc, ProAccumulator, RocPoint};
-use crate::models::nfbmr::{ScoreKind, ScoreParts, Scored, image_score};
+use crate::models::nfbmr::{ScoreKind, Scored, image_score};
 use crate::progress::{CancelToken, Progress, ProgressSink};
 use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
@@ -31,17 +31,6 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f3
     Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
-impl ScoreParts for ImageResult {
-    fn map_max(&self) -> f32 {
-        self.map_max
-    }
-    fn flow_max(&self) -> f32 {
-        self.flow_max
-    }
-    fn global(&self) -> f32 {
-        self.global
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -92,7 +81,8 @@ pub fn evaluate(
     let by_path: std::collections::HashMap<&PathBuf, &Sample> = samples.iter().map(|s| (&s.path, s)).collect();
     let mut images = Vec::new();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    let (mut map_scores, mut flow_scores) = (Vec::new(), Vec::new());
+    // The labelled images' scorings, in the order of `labels`.
+    let mut labelled: Vec<&Scored> = Vec::new();
     let mut n_unlabeled = 0;
     for s in &scored {
         let Some(sample) = by_path.get(&s.path) else { continue };
@@ -108,8 +98,7 @@ pub fn evaluate(
         match sample.defect {
             Some(d) => {
                 scores.push(s.score);
-                map_scores.push(s.map_max);
-                flow_scores.push(s.flow_max);
+                labelled.push(s);
                 labels.push(d);
             }
             None => n_unlabeled += 1,
@@ -170,13 +159,12 @@ pub fn evaluate(
         }
     }
     // The image AUROC any score kind would give (NaN parts: no AUROC).
-    let labelled: Vec<&ImageResult> = images.iter().filter(|i| i.defect.is_some()).collect();
     let auroc_of = |kind: ScoreKind| -> Option<f64> {
-        let s: Vec<f32> = labelled.iter().map(|i| image_score(kind, *i, &det.meta.calibration)).collect();
+        let s: Vec<f32> = labelled.iter().map(|s| image_score(kind, s, &det.meta.calibration)).collect();
         if s.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        metrics::auroc(&s, &labelled.iter().map(|i| i.defect == Some(true)).collect::<Vec<_>>())
+        metrics::auroc(&s, &labels)
     };
     let f1 = metrics::f1_max(&scores, &labels);
     let model_threshold = det.meta.threshold;
@@ -186,8 +174,8 @@ pub fn evaluate(
         pixel_auroc,
         aupro,
         auroc_by_kind,
-        auroc_map_max: metrics::auroc(&map_scores, &labels),
-        auroc_flow: metrics::auroc(&flow_scores, &labels),
+        auroc_map_max: auroc_of(ScoreKind::MapMax),
+        auroc_flow: auroc_of(ScoreKind::FlowNll),
         auroc_fused: auroc_of(ScoreKind::Fused),
         auroc_global: auroc_of(ScoreKind::Global),
         auroc_map_global: auroc_of(ScoreKind::MapGlobal),

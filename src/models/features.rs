@@ -99,10 +99,10 @@ pub fn extract(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<Tenso
 /// The tapped features `[B, h, w, C]` and, per pooled stage, `[B, 2 C]`: each
 /// channel's mean and standard deviation over the image (border padding cropped off).
 pub fn extract_full(net: &EfficientNet, tap: &FeatureTap, x: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
-    let last = tap.last_stage().ok_or_else(|| Error::Config("no feature stage chosen".into()))?;
-    if tap.stages.is_empty() {
-        return Err(Error::Config("no feature stage chosen".into()));
-    }
+    let last = tap
+        .last_stage()
+        .filter(|_| !tap.stages.is_empty())
+        .ok_or_else(|| Error::Config("no feature stage chosen".into()))?;
     let x = reflect_pad(x, tap.pad_pixels())?;
     let outs = net.forward_stages(&x, last)?;
     let mut picked: Vec<Tensor> = tap.stages.iter().map(|&s| outs[s - 1].clone()).collect();

@@ -375,26 +375,31 @@ impl NfBmr {
         // Calibration on the held-out good images (or training ones if none held out).
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
-        let raw = if model.cfg.position_norm { model.score_features(&cal_set)? } else { Vec::new() };
+        // Without position statistics yet, these are the raw smoothed maps.
+        let mut cal = model.score_features(&cal_set)?;
         if model.cfg.position_norm {
-            let (pm, ps) = position_stats(raw.iter().map(|s| &s.map));
-            let (fm, fs) = position_stats(raw.iter().map(|s| &s.flow_map));
+            let (pm, ps) = position_stats(cal.iter().map(|s| &s.map));
+            let (fm, fs) = position_stats(cal.iter().map(|s| &s.flow_map));
             model.calibration.position_mean = pm;
             model.calibration.position_scale = ps;
             model.calibration.flow_position_mean = fm;
             model.calibration.flow_position_scale = fs;
-        }
-        let mut cal = model.score_features(&cal_set)?;
-        if raw.len() > 2 {
             // Normalised by statistics that include the image itself, a held-out image
             // looks more normal than any new one (its maximum is pulled towards the
             // mean), which made the score statistics too tight: take each image's
             // maxima with the statistics of the other held-out images instead.
-            let maps = loo_position_maxima(&raw.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
-            let flows = loo_position_maxima(&raw.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
-            for ((s, m), f) in cal.iter_mut().zip(maps).zip(flows) {
-                s.map_max = m;
-                s.flow_max = f;
+            let loo = (cal.len() > 2).then(|| {
+                let maps = loo_position_maxima(&cal.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
+                let flows = loo_position_maxima(&cal.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
+                (maps, flows)
+            });
+            for (i, s) in cal.iter_mut().enumerate() {
+                model.normalise_positions(&mut s.map, &mut s.flow_map);
+                (s.map_max, s.flow_max) = match &loo {
+                    Some((maps, flows)) => (maps[i], flows[i]),
+                    None => (max_of(&s.map), max_of(&s.flow_map)),
+                };
+                s.flow_map = Vec::new();
             }
         }
         let positions = std::mem::take(&mut model.calibration);
@@ -428,6 +433,22 @@ impl NfBmr {
         postprocess::gaussian_blur(&up, s, s, self.cfg.smoothing_sigma)
     }
 
+    /// Normalises a smoothed map and flow map per position with the calibration's
+    /// statistics (unchanged while position normalisation is off or not yet calibrated).
+    fn normalise_positions(&self, map: &mut [f32], flow: &mut [f32]) {
+        let cal = &self.calibration;
+        if !self.cfg.position_norm {
+            return;
+        }
+        for (m, mean, scale) in [(map, &cal.position_mean, &cal.position_scale), (flow, &cal.flow_position_mean, &cal.flow_position_scale)] {
+            if mean.len() == m.len() {
+                for ((v, mu), sc) in m.iter_mut().zip(mean).zip(scale) {
+                    *v = (*v - mu) / sc;
+                }
+            }
+        }
+    }
+
     /// Scores images whose features are already extracted.
     pub fn score_features(&self, feats: &[&ImageFeatures]) -> Result<Vec<Scored>> {
         let mut out = Vec::with_capacity(feats.len());
@@ -447,19 +468,9 @@ impl NfBmr {
                 debug_assert_eq!(h, w);
                 let mut sm = self.smooth(&m, h);
                 let mut sn = self.smooth(&n, h);
-                let cal = &self.calibration;
-                if self.cfg.position_norm && cal.position_mean.len() == sm.len() {
-                    for ((v, mu), sc) in sm.iter_mut().zip(&cal.position_mean).zip(&cal.position_scale) {
-                        *v = (*v - mu) / sc;
-                    }
-                }
-                if self.cfg.position_norm && cal.flow_position_mean.len() == sn.len() {
-                    for ((v, mu), sc) in sn.iter_mut().zip(&cal.flow_position_mean).zip(&cal.flow_position_scale) {
-                        *v = (*v - mu) / sc;
-                    }
-                }
-                let map_max = sm.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let flow_max = sn.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                self.normalise_positions(&mut sm, &mut sn);
+                let map_max = max_of(&sm);
+                let flow_max = max_of(&sn);
                 let global = match &self.global {
                     Some(g) => g.score(&f.global)?,
                     None => f32::NAN,
@@ -559,6 +570,10 @@ pub(crate) fn loo_position_maxima(maps: &[&[f32]]) -> Vec<f32> {
         .collect()
 }
 
+fn max_of(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 fn mean_std(v: &[f32]) -> (f32, f32) {
     let n = v.len().max(1) as f32;
     let m = v.iter().sum::<f32>() / n;
@@ -568,36 +583,17 @@ fn mean_std(v: &[f32]) -> (f32, f32) {
 
 /// The image score of `kind` from an image's parts (map maximum, flow maximum, global
 /// distance) and the held-out good images' statistics.
-pub fn image_score(kind: ScoreKind, s: &impl ScoreParts, cal: &Calibration) -> f32 {
-    let z_map = (s.map_max() - cal.map_mean) / cal.map_std.max(1e-6);
-    let z_global = (s.global() - cal.global_mean) / cal.global_std.max(1e-6);
+pub fn image_score(kind: ScoreKind, s: &Scored, cal: &Calibration) -> f32 {
+    let z_map = (s.map_max - cal.map_mean) / cal.map_std.max(1e-6);
+    let z_global = (s.global - cal.global_mean) / cal.global_std.max(1e-6);
     match kind {
-        ScoreKind::MapMax => s.map_max(),
-        ScoreKind::FlowNll => s.flow_max(),
-        ScoreKind::Fused => z_map + (s.flow_max() - cal.flow_mean) / cal.flow_std.max(1e-6),
-        ScoreKind::Global => s.global(),
+        ScoreKind::MapMax => s.map_max,
+        ScoreKind::FlowNll => s.flow_max,
+        ScoreKind::Fused => z_map + (s.flow_max - cal.flow_mean) / cal.flow_std.max(1e-6),
+        ScoreKind::Global => s.global,
         // `f32::max` would drop a NaN part: without a global distance there is no score.
         ScoreKind::MapGlobal if z_global.is_nan() => f32::NAN,
         ScoreKind::MapGlobal => z_map.max(z_global),
-    }
-}
-
-/// What an image score is computed from.
-pub trait ScoreParts {
-    fn map_max(&self) -> f32;
-    fn flow_max(&self) -> f32;
-    fn global(&self) -> f32;
-}
-
-impl ScoreParts for Scored {
-    fn map_max(&self) -> f32 {
-        self.map_max
-    }
-    fn flow_max(&self) -> f32 {
-        self.flow_max
-    }
-    fn global(&self) -> f32 {
-        self.global
     }
 }
 
