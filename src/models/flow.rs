@@ -57,7 +57,8 @@ impl Coupling {
 
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let x = x.index_select(&self.perm, 1)?;
-        let x1 = x.narrow(1, 0, self.c1)?;
+        // Contiguous: CUDA matrix products refuse a row stride wider than the row.
+        let x1 = x.narrow(1, 0, self.c1)?.contiguous()?;
         let x2 = x.narrow(1, self.c1, self.c2)?;
         let (s, t) = self.scale_shift(&x1)?;
         let y2 = (x2.mul(&s.exp()?)? + t)?;
@@ -65,7 +66,7 @@ impl Coupling {
     }
 
     fn inverse(&self, y: &Tensor) -> Result<Tensor> {
-        let y1 = y.narrow(1, 0, self.c1)?;
+        let y1 = y.narrow(1, 0, self.c1)?.contiguous()?;
         let y2 = y.narrow(1, self.c1, self.c2)?;
         let (s, t) = self.scale_shift(&y1)?;
         let x2 = (y2 - t)?.mul(&s.neg()?.exp()?)?;

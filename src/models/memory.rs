@@ -114,7 +114,13 @@ const QUERY_BLOCK: usize = 1024;
 impl MemoryBank {
     pub fn new(bank: Tensor) -> Result<Self> {
         let bank = bank.to_dtype(DType::F32)?.contiguous()?;
-        let sq = bank.sqr()?.sum(D::Minus1)?.unsqueeze(0)?;
+        // An empty bank (an untrained model) gets its squared norms made directly: CUDA
+        // reductions over a zero-row tensor divide by zero inside candle.
+        let sq = if bank.dim(0)? == 0 {
+            Tensor::zeros((1, 0), DType::F32, bank.device())?
+        } else {
+            bank.sqr()?.sum(D::Minus1)?.unsqueeze(0)?
+        };
         Ok(Self { bank, sq })
     }
 
