@@ -130,3 +130,82 @@ impl CustomOp1 for DepthwiseOp<'_> {
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 }
+
+/// Depthwise convolution on devices other than the CPU (CUDA): the sum of `k * k`
+/// shifted views of the input, each scaled per channel. candle's grouped convolution
+/// launches one convolution per channel, hundreds of kernel launches per layer; this
+/// launches about `2 k^2` elementwise kernels per layer, plus `stride^2` copies that
+/// split a strided input into its phase planes.
+///
+/// `xp`: `[B, C, Hp, Wp]`, padding already applied; `taps[i * k + j]`: the `[1, C, 1, 1]`
+/// weights of kernel position `(i, j)`. Returns the unpadded ("valid") convolution.
+pub fn shift_add(xp: &candle_core::Tensor, taps: &[candle_core::Tensor], k: usize, stride: usize) -> candle_core::Result<candle_core::Tensor> {
+    let (b, c, hp, wp) = xp.dims4()?;
+    if k == 0 || stride == 0 || taps.len() != k * k || hp < k || wp < k {
+        bail!("depthwise shift-add: {k}x{k} kernel, stride {stride}, {} taps, input {hp}x{wp}", taps.len());
+    }
+    let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+    // Plane `p * stride + q` holds the input rows = p and columns = q (mod stride), so
+    // input row `i + stride * y` is row `i / stride + y` of plane row-phase `i % stride`.
+    let planes: Vec<candle_core::Tensor> = if stride == 1 {
+        vec![xp.clone()]
+    } else {
+        let (h2, w2) = (hp.div_ceil(stride) * stride, wp.div_ceil(stride) * stride);
+        let x = xp.pad_with_zeros(2, 0, h2 - hp)?.pad_with_zeros(3, 0, w2 - wp)?.contiguous()?;
+        let x = x.reshape((b, c, h2 / stride, stride, w2 / stride, stride))?;
+        let mut v = Vec::with_capacity(stride * stride);
+        for p in 0..stride {
+            for q in 0..stride {
+                v.push(x.narrow(3, p, 1)?.narrow(5, q, 1)?.squeeze(5)?.squeeze(3)?.contiguous()?);
+            }
+        }
+        v
+    };
+    let mut acc: Option<candle_core::Tensor> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let plane = &planes[(i % stride) * stride + j % stride];
+            let term = plane.narrow(2, i / stride, oh)?.narrow(3, j / stride, ow)?.broadcast_mul(&taps[i * k + j])?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("depthwise shift-add: empty kernel".into()))
+}
+
+/// The per-position weights [`shift_add`] takes, from a `[C, 1, k, k]` kernel.
+pub fn shift_add_taps(w: &candle_core::Tensor) -> candle_core::Result<Vec<candle_core::Tensor>> {
+    let (c, _, kh, kw) = w.dims4()?;
+    let mut taps = Vec::with_capacity(kh * kw);
+    for i in 0..kh {
+        for j in 0..kw {
+            taps.push(w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?.contiguous()?);
+        }
+    }
+    Ok(taps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn shift_add_equals_grouped_convolution() {
+        let dev = Device::Cpu;
+        for (k, s, h, w) in [(3, 1, 9, 10), (3, 2, 9, 10), (3, 2, 12, 12), (5, 1, 11, 8), (5, 2, 11, 13), (5, 2, 16, 16)] {
+            let c = 6;
+            let n = 2 * c * h * w;
+            let x = Tensor::from_vec((0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect::<Vec<_>>(), (2, c, h, w), &dev).unwrap();
+            let wv: Vec<f32> = (0..c * k * k).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
+            let wt = Tensor::from_vec(wv, (c, 1, k, k), &dev).unwrap();
+            let want = x.conv2d(&wt, 0, s, 1, c).unwrap();
+            let got = shift_add(&x, &shift_add_taps(&wt).unwrap(), k, s).unwrap();
+            assert_eq!(got.dims(), want.dims(), "k {k} stride {s} {h}x{w}");
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "k {k} stride {s} {h}x{w}: max difference {diff}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! - [`BackboneMode::Reference`]: the plain candle formulation (grouped `conv2d`,
 //!   batch norm as separate ops). Kept for tests and the benchmark's comparison.
 use super::config::{BlockSpec, EfficientNetConfig, Family, Padding};
-use super::depthwise::{Activation, DepthwiseConv, DepthwiseOp};
+use super::depthwise::{Activation, DepthwiseConv, DepthwiseOp, shift_add, shift_add_taps};
 use super::fused::{BiasAct, BiasResidual};
 use crate::error::{Error, Result};
 use candle_core::{D, DType, Device, Tensor};
@@ -43,6 +43,9 @@ struct ConvBn {
     dw: Option<DepthwiseConv>,
     /// The folded bias as a plain vector, for the fused CPU epilogues (CPU only).
     bias_cpu: Option<Arc<Vec<f32>>>,
+    /// Depthwise convolution on other devices: the folded kernel split per position
+    /// for [`shift_add`].
+    taps: Option<Vec<Tensor>>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +143,7 @@ impl ConvBn {
             None
         };
         let bias_cpu = if dev.is_cpu() { Some(Arc::new(folded_b.to_vec1::<f32>()?)) } else { None };
+        let taps = if groups > 1 && !dev.is_cpu() { Some(shift_add_taps(&folded_w)?) } else { None };
         Ok(Self {
             weight,
             bn,
@@ -150,6 +154,7 @@ impl ConvBn {
             groups,
             dw,
             bias_cpu,
+            taps,
         })
     }
 }
@@ -359,7 +364,10 @@ impl EfficientNet {
             }
             (BackboneMode::Fast, None) => {
                 let (xp, _) = self.pad_input(x, c.kernel, c.stride)?;
-                let y = xp.conv2d(&c.folded_w, 0, c.stride, 1, c.groups)?;
+                let y = match &c.taps {
+                    Some(taps) => shift_add(&xp, taps, c.kernel, c.stride)?,
+                    None => xp.conv2d(&c.folded_w, 0, c.stride, 1, c.groups)?,
+                };
                 match &c.bias_cpu {
                     Some(bias) => {
                         let y = y.contiguous()?;
