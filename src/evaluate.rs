@@ -37,6 +37,11 @@ pub struct EvalReport {
     pub image_auroc: Option<f64>,
     pub pixel_auroc: Option<f64>,
     pub aupro: Option<f64>,
+    /// Pixel AUROC of each defect kind: the pixels of that kind's images and of the
+    /// good images. Shows which kind the pooled pixel AUROC loses on (kinds with large
+    /// masks weigh most in it).
+    #[serde(default)]
+    pub pixel_auroc_by_kind: BTreeMap<String, f64>,
     /// Image AUROC of each defect kind against the good images.
     pub auroc_by_kind: BTreeMap<String, f64>,
     /// Image AUROC of the BMR map maximum and of the flow score alone.
@@ -108,6 +113,8 @@ pub fn evaluate(
     progress.report(Progress::Stage { name: "pixel metrics".into(), total: 0 });
     let size = det.image_size();
     let mut pix = PixelAuroc::for_maps(scored.iter().map(|s| s.map.as_slice()), 100_000);
+    let mut pix_good = pix.empty_like();
+    let mut pix_kind: BTreeMap<String, PixelAuroc> = BTreeMap::new();
     let mut pro = ProAccumulator::default();
     let mut n_without_mask = 0;
     let mut any_mask = false;
@@ -135,6 +142,11 @@ pub fn evaluate(
             (None, _) => continue,
         };
         pix.add(&s.map, &mask);
+        if sample.defect == Some(true) {
+            pix_kind.entry(sample.kind.clone()).or_insert_with(|| pix.empty_like()).add(&s.map, &mask);
+        } else {
+            pix_good.add(&s.map, &mask);
+        }
         pro.add(&s.map, &mask, size, size);
     }
     let (pixel_auroc, aupro) = if any_mask {
@@ -142,6 +154,13 @@ pub fn evaluate(
     } else {
         (None, None)
     };
+    let pixel_auroc_by_kind: BTreeMap<String, f64> = pix_kind
+        .into_iter()
+        .filter_map(|(k, mut acc)| {
+            acc.merge(&pix_good);
+            Some((k, acc.auroc()?))
+        })
+        .collect();
     let mut auroc_by_kind = BTreeMap::new();
     let kinds: std::collections::BTreeSet<&str> = images
         .iter()
@@ -173,6 +192,7 @@ pub fn evaluate(
         image_auroc: metrics::auroc(&scores, &labels),
         pixel_auroc,
         aupro,
+        pixel_auroc_by_kind,
         auroc_by_kind,
         auroc_map_max: auroc_of(ScoreKind::MapMax),
         auroc_flow: auroc_of(ScoreKind::FlowNll),

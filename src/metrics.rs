@@ -292,6 +292,22 @@ impl PixelAuroc {
         Self::from_sample(&sample, bins)
     }
 
+    /// An accumulator with the same bins and no counts.
+    pub fn empty_like(&self) -> Self {
+        Self::with_edges(self.edges.clone())
+    }
+
+    /// Adds the counts of `other`, which must have been made with the same bins.
+    pub fn merge(&mut self, other: &PixelAuroc) {
+        debug_assert_eq!(self.edges, other.edges);
+        for (a, b) in self.pos.iter_mut().zip(&other.pos) {
+            *a += b;
+        }
+        for (a, b) in self.neg.iter_mut().zip(&other.neg) {
+            *a += b;
+        }
+    }
+
     fn with_edges(edges: Vec<f32>) -> Self {
         let n = edges.len() + 1;
         Self { edges, pos: vec![0; n], neg: vec![0; n] }
@@ -392,6 +408,25 @@ mod tests {
         let mut q = PixelAuroc::from_sample(&s, 10_000);
         q.add(&s, &l);
         assert!((q.auroc().unwrap() - exact).abs() < 1e-9, "{} vs {exact}", q.auroc().unwrap());
+    }
+
+    #[test]
+    fn merged_pixel_aurocs_equal_one_accumulator_over_both() {
+        // A "kind" image (two defect pixels) and a "good" image, scored apart and merged.
+        let (kind_s, kind_l) = ([0.9f32, 0.2, 0.6, 0.1], [true, false, true, false]);
+        let good_s = [0.7f32, 0.3, 0.05, 0.65];
+        let mut kind = PixelAuroc::new(0.0, 1.0, 1000);
+        let mut good = kind.empty_like();
+        kind.add(&kind_s, &kind_l);
+        good.add(&good_s, &[false; 4]);
+        // Defects 0.9 and 0.6 against the six others: 0.9 beats all 6, 0.6 beats 4 of 6.
+        let mut merged = kind.empty_like();
+        merged.merge(&kind);
+        merged.merge(&good);
+        assert!((merged.auroc().unwrap() - 10.0 / 12.0).abs() < 1e-12);
+        kind.merge(&good);
+        assert_eq!(kind.auroc(), merged.auroc());
+        assert_eq!(good.auroc(), None, "no positives");
     }
 
     #[test]

@@ -36,6 +36,14 @@ fn nf_bmr_detects_real_magnetic_tile_defects() {
     let map_only = rep.auroc_map_max.unwrap();
     eprintln!("map maximum alone: {map_only:.4}, global alone: {:.4}", rep.auroc_global.unwrap());
     assert!(img > map_only, "map-global {img:.4} <= map maximum {map_only:.4}");
+    // Localisation by kind. The pooled pixel AUROC is mostly "uneven" (large masks over
+    // whole bands of a different surface finish, which look normal patch by patch); the
+    // small, local defects have to be localised well.
+    eprintln!("pixel AUROC by kind: {:?}", rep.pixel_auroc_by_kind);
+    for kind in ["blowhole", "break", "crack", "fray"] {
+        let p = rep.pixel_auroc_by_kind.get(kind).copied().unwrap_or(0.0);
+        assert!(p >= LOCAL_PIXEL_AUROC_FLOOR, "{kind}: pixel AUROC {p:.4} < {LOCAL_PIXEL_AUROC_FLOOR}");
+    }
 }
 
 /// MemFlowNet on the same subset (default settings, 160 training images, 200 test
@@ -64,4 +72,7 @@ const MEMFLOW_PIXEL_FLOOR: f64 = 0.70;
 // 2026-11-22 with the map maximum as image score; image 0.853 and pixel 0.696 on
 // 2026-11-23 with map-global; see README); chance is 0.5.
 const IMAGE_AUROC_FLOOR: f64 = 0.80;
+// Measured on this subset 2026-11-23: blowhole 0.998, break 0.941, crack 0.893, fray 0.967
+// (uneven 0.592, not asserted; full data in the README).
+const LOCAL_PIXEL_AUROC_FLOOR: f64 = 0.85;
 const PIXEL_AUROC_FLOOR: f64 = 0.65;

@@ -260,7 +260,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         fmt(rep.auroc_map_global)
     );
     for (k, v) in &rep.auroc_by_kind {
-        println!("  {k:>12}: image AUROC {v:.4}");
+        let pixel = rep.pixel_auroc_by_kind.get(k).map(|p| format!(", pixel AUROC {p:.4}")).unwrap_or_default();
+        println!("  {k:>12}: image AUROC {v:.4}{pixel}");
     }
     let c = &rep.confusion;
     println!(
