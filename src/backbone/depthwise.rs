@@ -1,10 +1,12 @@
-//! Depthwise convolution on the CPU over the whole tensor at once.
+//! Depthwise convolution without candle's per-channel grouped convolution: on the CPU a
+//! kernel over the whole tensor at once ([`DepthwiseOp`]), on GPUs a sum of shifted views
+//! ([`shift_add`]).
 //!
 //! candle runs a grouped convolution as one small convolution per channel, which on a
 //! CPU spends most of its time in thread hand-offs. This kernel walks every (image,
 //! channel) plane in parallel with rayon, with batch norm already folded into the
 //! weights and bias, and the activation applied as each output row is finished.
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, bail};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -139,7 +141,7 @@ impl CustomOp1 for DepthwiseOp<'_> {
 ///
 /// `xp`: `[B, C, Hp, Wp]`, padding already applied; `taps[i * k + j]`: the `[1, C, 1, 1]`
 /// weights of kernel position `(i, j)`. Returns the unpadded ("valid") convolution.
-pub fn shift_add(xp: &candle_core::Tensor, taps: &[candle_core::Tensor], k: usize, stride: usize) -> candle_core::Result<candle_core::Tensor> {
+pub fn shift_add(xp: &Tensor, taps: &[Tensor], k: usize, stride: usize) -> candle_core::Result<Tensor> {
     let (b, c, hp, wp) = xp.dims4()?;
     if k == 0 || stride == 0 || taps.len() != k * k || hp < k || wp < k {
         bail!("depthwise shift-add: {k}x{k} kernel, stride {stride}, {} taps, input {hp}x{wp}", taps.len());
@@ -147,7 +149,7 @@ pub fn shift_add(xp: &candle_core::Tensor, taps: &[candle_core::Tensor], k: usiz
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     // Plane `p * stride + q` holds the input rows = p and columns = q (mod stride), so
     // input row `i + stride * y` is row `i / stride + y` of plane row-phase `i % stride`.
-    let planes: Vec<candle_core::Tensor> = if stride == 1 {
+    let planes: Vec<Tensor> = if stride == 1 {
         vec![xp.clone()]
     } else {
         let (h2, w2) = (hp.div_ceil(stride) * stride, wp.div_ceil(stride) * stride);
@@ -161,7 +163,7 @@ pub fn shift_add(xp: &candle_core::Tensor, taps: &[candle_core::Tensor], k: usiz
         }
         v
     };
-    let mut acc: Option<candle_core::Tensor> = None;
+    let mut acc: Option<Tensor> = None;
     for i in 0..k {
         for j in 0..k {
             let plane = &planes[(i % stride) * stride + j % stride];
@@ -176,7 +178,7 @@ pub fn shift_add(xp: &candle_core::Tensor, taps: &[candle_core::Tensor], k: usiz
 }
 
 /// The per-position weights [`shift_add`] takes, from a `[C, 1, k, k]` kernel.
-pub fn shift_add_taps(w: &candle_core::Tensor) -> candle_core::Result<Vec<candle_core::Tensor>> {
+pub fn shift_add_taps(w: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     let (c, _, kh, kw) = w.dims4()?;
     let mut taps = Vec::with_capacity(kh * kw);
     for i in 0..kh {
@@ -190,7 +192,7 @@ pub fn shift_add_taps(w: &candle_core::Tensor) -> candle_core::Result<Vec<candle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     #[test]
     fn shift_add_equals_grouped_convolution() {

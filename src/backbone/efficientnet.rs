@@ -3,7 +3,8 @@
 //! Two interchangeable execution paths share one set of weights:
 //! - [`BackboneMode::Fast`]: batch norm folded into the convolutions at load time,
 //!   pointwise convolutions as one matrix product, depthwise convolutions by
-//!   [`super::depthwise`] on the CPU, activations fused where the kernel allows.
+//!   [`super::depthwise`] (its CPU kernel, or shifted views on GPUs), activations fused
+//!   where the kernel allows.
 //! - [`BackboneMode::Reference`]: the plain candle formulation (grouped `conv2d`,
 //!   batch norm as separate ops). Kept for tests and the benchmark's comparison.
 use super::config::{BlockSpec, EfficientNetConfig, Family, Padding};
