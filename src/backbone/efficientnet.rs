@@ -494,3 +494,46 @@ impl EfficientNet {
         Ok(pooled.matmul(&fw.t()?)?.broadcast_add(fb)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::{default_backbone_path, load};
+
+    /// The path a GPU takes (depthwise by `shift_add`, biases and activations as tensor
+    /// ops), run on the CPU, against the CPU kernels: every stage's output must agree.
+    #[test]
+    fn gpu_path_matches_the_cpu_kernels() {
+        let dev = Device::Cpu;
+        let cpu = load(&default_backbone_path(), &dev, BackboneMode::Fast).unwrap();
+        let mut gpu_like = load(&default_backbone_path(), &dev, BackboneMode::Fast).unwrap();
+        let strip = |c: &mut ConvBn| {
+            c.dw = None;
+            c.bias_cpu = None;
+            if c.groups > 1 {
+                c.taps = Some(shift_add_taps(&c.folded_w).unwrap());
+            }
+        };
+        strip(&mut gpu_like.stem);
+        for b in &mut gpu_like.blocks {
+            if let Some(e) = b.expand.as_mut() {
+                strip(e);
+            }
+            strip(&mut b.dw);
+            strip(&mut b.project);
+        }
+        assert!(gpu_like.blocks.iter().all(|b| b.dw.taps.is_some()));
+        let n = 2 * 3 * 100 * 100;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 2000) as f32 / 1000.0) - 1.0).collect();
+        let x = Tensor::from_vec(x, (2, 3, 100, 100), &dev).unwrap();
+        let want = cpu.forward_stages(&x, 7).unwrap();
+        let got = gpu_like.forward_stages(&x, 7).unwrap();
+        assert_eq!(want.len(), got.len());
+        for (s, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(w.dims(), g.dims(), "stage {}", s + 1);
+            let scale = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let diff = (w - g).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4 * scale, "stage {}: max difference {diff} (largest value {scale})", s + 1);
+        }
+    }
+}
