@@ -47,7 +47,8 @@ struct Coupling {
 
 impl Coupling {
     fn scale_shift(&self, x1: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.l1.forward(x1)?.relu()?;
+        // `x1` is a column slice; CUDA matrix products refuse a row stride wider than the row.
+        let h = self.l1.forward(&x1.contiguous()?)?.relu()?;
         let st = self.l2.forward(&h)?;
         let s = st.narrow(1, 0, self.c2)?;
         let t = st.narrow(1, self.c2, self.c2)?;
@@ -57,8 +58,7 @@ impl Coupling {
 
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let x = x.index_select(&self.perm, 1)?;
-        // Contiguous: CUDA matrix products refuse a row stride wider than the row.
-        let x1 = x.narrow(1, 0, self.c1)?.contiguous()?;
+        let x1 = x.narrow(1, 0, self.c1)?;
         let x2 = x.narrow(1, self.c1, self.c2)?;
         let (s, t) = self.scale_shift(&x1)?;
         let y2 = (x2.mul(&s.exp()?)? + t)?;
@@ -66,7 +66,7 @@ impl Coupling {
     }
 
     fn inverse(&self, y: &Tensor) -> Result<Tensor> {
-        let y1 = y.narrow(1, 0, self.c1)?.contiguous()?;
+        let y1 = y.narrow(1, 0, self.c1)?;
         let y2 = y.narrow(1, self.c1, self.c2)?;
         let (s, t) = self.scale_shift(&y1)?;
         let x2 = (y2 - t)?.mul(&s.neg()?.exp()?)?;
