@@ -31,7 +31,7 @@
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
 use super::memory::{MemoryBank, greedy_coreset, local_average};
-use super::nfbmr::{Calibration, ScoreKind, Scored, TrainReport, calibrate, position_stats};
+use super::nfbmr::{Calibration, ScoreKind, Scored, TrainReport, calibrate, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use crate::backbone::EfficientNet;
 use crate::backbone::config::STAGE_STRIDE;
@@ -458,8 +458,8 @@ impl MemFlow {
                     *a += v / k;
                 }
             }
-            let map_max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let flow_max = flow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let map_max = max_of(&map);
+            let flow_max = max_of(&flow);
             let mut s = Scored {
                 path: f.path.clone(),
                 width: f.width,

@@ -570,7 +570,8 @@ pub(crate) fn loo_position_maxima(maps: &[&[f32]]) -> Vec<f32> {
         .collect()
 }
 
-fn max_of(v: &[f32]) -> f32 {
+/// The largest value (negative infinity for none).
+pub(crate) fn max_of(v: &[f32]) -> f32 {
     v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
