@@ -11,6 +11,7 @@ use crate::fsutil::atomic_write;
 use crate::models::features::{self, FeatureTap};
 use crate::models::global::GlobalGaussian;
 use crate::models::memflow::{MemFlow, MemFlowConfig};
+use crate::models::region::RegionConfig;
 use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, ScoreKind, Scored, TrainReport, default_threshold};
 use crate::progress::Progress;
 use crate::progress::{CancelToken, ProgressSink};
@@ -366,6 +367,23 @@ impl Detector {
         Ok(())
     }
 
+    /// Changes the weight of the region score in the map without retraining (0 gives
+    /// the BMR map alone, standardised). For comparisons: the pixel threshold stays
+    /// the one calibrated with the trained weight. Refused for a model without one.
+    pub fn set_region_weight(&mut self, w: f32) -> Result<()> {
+        let (Model::NfBmr(m), DetectorConfig::NfBmr(c)) = (&mut self.model, &mut self.meta.config) else {
+            return Err(Error::Config("only nf-bmr models have a region score".into()));
+        };
+        if m.region.is_none() {
+            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
+        }
+        let region = RegionConfig { weight: w, ..m.cfg.region };
+        region.check()?;
+        m.cfg.region = region;
+        c.region = region;
+        Ok(())
+    }
+
     /// Size of the memory bank in bytes (MemFlowNet), or `None`.
     pub fn bank_bytes(&self) -> Option<usize> {
         match &self.model {
@@ -391,6 +409,9 @@ impl Detector {
                 varmap_tensors("bmr", &m.bmr_vars, &mut tensors)?;
                 if let Some(g) = &m.global {
                     tensors.extend(g.tensors("global")?);
+                }
+                if let Some(r) = &m.region {
+                    tensors.push(("region.bank".into(), r.bank.to_device(&Device::Cpu)?));
                 }
             }
             Model::MemFlow(m) => {
@@ -480,6 +501,17 @@ impl Detector {
                         Error::bad_file(path, format!("model file lacks tensor '{n}'"))
                     })?);
                 }
+                model.region = if c.region.enabled() {
+                    let bank = get("region.bank")?;
+                    let dim = model.mean.dim(0)?;
+                    let ok = matches!(bank.dims(), &[n, d] if n > 0 && n <= c.region.bank_size && d == dim);
+                    if !ok {
+                        return Err(Error::bad_file(path, format!("region bank has shape {:?}, expected [1..={}, {dim}]", bank.dims(), c.region.bank_size)));
+                    }
+                    Some(crate::models::memory::MemoryBank::new(bank)?)
+                } else {
+                    None
+                };
                 model.calibration = meta.calibration.clone();
                 Model::NfBmr(model)
             }

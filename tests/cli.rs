@@ -73,7 +73,10 @@ fn train_eval_predict_on_real_images() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nf-bmr options"));
     let out = flowspect().args(["train", "--method", "memflow", "--global-stages", "6", "--data"]).arg(&mt).arg("--out").arg(&mf).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--global-stages is an nf-bmr option"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--global-stages, --region-window and --region-weight are nf-bmr options"));
+    let out = flowspect().args(["train", "--method", "memflow", "--region-window", "5", "--data"]).arg(&mt).arg("--out").arg(&mf).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("are nf-bmr options"));
     // A score the model has no parts for is refused by name (memflow has no global Gaussian).
     let out = flowspect().args(["eval", "--score", "map-global", "--limit", "4", "--model"]).arg(&mf).arg("--data").arg(&mt).output().unwrap();
     assert!(!out.status.success());

@@ -41,6 +41,10 @@ fn save_load_round_trip_gives_identical_scores() {
     let bytes = std::fs::read(&path).unwrap();
     let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(|n| n.to_string()).collect();
     assert!(names.iter().any(|n| n.starts_with("global.6.")), "{names:?}");
+    // So is the region score's bank (default on): 4 training images of 4 x 4 cells at 64 px.
+    assert!(names.iter().any(|n| n == "region.bank"), "{names:?}");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("region.bank").unwrap().shape()[0], 4 * 16);
     assert!(!names.iter().any(|n| n.starts_with("backbone.head.") || n.starts_with("backbone.classifier.")));
 }
 

@@ -18,7 +18,7 @@ fn nf_bmr_detects_real_magnetic_tile_defects() {
     let mut cfg = NfBmrConfig::default();
     cfg.flow_optim.epochs = 6;
     cfg.bmr_optim.epochs = 6;
-    let det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
+    let mut det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
     let samples = data::spread(&data::test_samples(&mt).unwrap(), Some(200));
     let (rep, _) = evaluate(&det, &samples, &NoProgress, &CancelToken::new()).unwrap();
     let (img, pix, pro) = (rep.image_auroc.unwrap(), rep.pixel_auroc.unwrap(), rep.aupro.unwrap());
@@ -40,10 +40,24 @@ fn nf_bmr_detects_real_magnetic_tile_defects() {
     // whole bands of a different surface finish, which look normal patch by patch); the
     // small, local defects have to be localised well.
     eprintln!("pixel AUROC by kind: {:?}", rep.pixel_auroc_by_kind);
-    for kind in ["blowhole", "break", "crack", "fray"] {
+    for (kind, floor) in [("blowhole", LOCAL_PIXEL_AUROC_FLOOR), ("break", LOCAL_PIXEL_AUROC_FLOOR), ("crack", CRACK_PIXEL_AUROC_FLOOR), ("fray", LOCAL_PIXEL_AUROC_FLOOR)] {
         let p = rep.pixel_auroc_by_kind.get(kind).copied().unwrap_or(0.0);
-        assert!(p >= LOCAL_PIXEL_AUROC_FLOOR, "{kind}: pixel AUROC {p:.4} < {LOCAL_PIXEL_AUROC_FLOOR}");
+        assert!(p >= floor, "{kind}: pixel AUROC {p:.4} < {floor}");
     }
+    // The region score is what reaches "uneven": the same model with its weight set to 0
+    // (the BMR map alone) has to localise it clearly worse, and the pooled pixel AUROC too.
+    det.set_region_weight(0.0).unwrap();
+    let (bmr_only, _) = evaluate(&det, &samples, &NoProgress, &CancelToken::new()).unwrap();
+    let uneven = |r: &flowspect::evaluate::EvalReport| r.pixel_auroc_by_kind.get("uneven").copied().unwrap_or(0.0);
+    eprintln!(
+        "BMR map alone: pixel AUROC {:.4}, by kind {:?}",
+        bmr_only.pixel_auroc.unwrap(),
+        bmr_only.pixel_auroc_by_kind
+    );
+    assert!(uneven(&rep) >= uneven(&bmr_only) + REGION_GAIN, "uneven: {:.4} with the region score, {:.4} without", uneven(&rep), uneven(&bmr_only));
+    assert!(pix >= bmr_only.pixel_auroc.unwrap() + REGION_GAIN, "pixel AUROC {pix:.4} with the region score, {:.4} without", bmr_only.pixel_auroc.unwrap());
+    // The image score does not use the map's region part.
+    assert_eq!(bmr_only.image_auroc, rep.image_auroc);
 }
 
 /// MemFlowNet on the same subset (default settings, 160 training images, 200 test
@@ -56,7 +70,7 @@ fn memflow_detects_real_magnetic_tile_defects() {
     let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
     let train = data::spread(&data::training_images(&mt).unwrap(), Some(160));
     let cfg = flowspect::models::memflow::MemFlowConfig::default();
-    let det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
+    let mut det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
     let samples = data::spread(&data::test_samples(&mt).unwrap(), Some(200));
     let (rep, _) = evaluate(&det, &samples, &NoProgress, &CancelToken::new()).unwrap();
     let (img, pix, pro) = (rep.image_auroc.unwrap(), rep.pixel_auroc.unwrap(), rep.aupro.unwrap());
@@ -70,9 +84,14 @@ const MEMFLOW_PIXEL_FLOOR: f64 = 0.70;
 
 // Floors a few points under what this subset measured (image 0.764 and pixel 0.700 on
 // 2026-11-22 with the map maximum as image score; image 0.853 and pixel 0.696 on
-// 2026-11-23 with map-global; see README); chance is 0.5.
+// 2026-11-23 with map-global; image 0.854 and pixel 0.821 on 2026-11-23 with the region
+// score in the map; see README); chance is 0.5.
 const IMAGE_AUROC_FLOOR: f64 = 0.80;
-// Measured on this subset 2026-11-23: blowhole 0.998, break 0.941, crack 0.893, fray 0.967
-// (uneven 0.592, not asserted; full data in the README).
+const PIXEL_AUROC_FLOOR: f64 = 0.76;
+// Measured on this subset 2026-11-23 (region score in the map): blowhole 0.993, break
+// 0.970, crack 0.815, fray 0.987, uneven 0.789 (not asserted alone). Thin cracks pay for
+// the region score (0.893 on this subset without it): its window smears them.
 const LOCAL_PIXEL_AUROC_FLOOR: f64 = 0.85;
-const PIXEL_AUROC_FLOOR: f64 = 0.65;
+const CRACK_PIXEL_AUROC_FLOOR: f64 = 0.75;
+// Uneven and pooled pixel AUROC with the region score minus the BMR map alone.
+const REGION_GAIN: f64 = 0.05;

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// nf-bmr: stages pooled for the global score (default 4,5,6), or "none".
     #[arg(long)]
     pub global_stages: Option<String>,
+    /// nf-bmr: window of the region score (default 13; 0 turns it off). Its search is
+    /// timed with the BMR map (the "bmr+reg" column).
+    #[arg(long)]
+    pub region_window: Option<usize>,
     /// memflow: patches in the memory bank searched per position (17,613 is the bank of the
     /// full magnetic-tile training set at the default coreset ratio 0.1).
     #[arg(long, default_value = "17613")]
@@ -77,7 +81,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     );
     println!(
         "{:>5} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} | {:>9} {:>7}",
-        "size", "batch", "decode", "backbone", "flow", if a.method == Method::NfBmr { "bmr" } else { "bank" }, "post", "total", "img/s", "plain bb", "speedup"
+        "size", "batch", "decode", "backbone", "flow", match a.method {
+            Method::NfBmr if a.region_window != Some(0) => "bmr+reg",
+            Method::NfBmr => "bmr",
+            Method::MemFlow => "bank",
+        }, "post", "total", "img/s", "plain bb", "speedup"
     );
     for &size in &a.sizes {
         let fast = backbone::load(&bb_path, &dev, BackboneMode::Fast)?;
@@ -87,6 +95,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 cfg.tap.image_size = size;
                 if let Some(g) = &a.global_stages {
                     cfg.tap.global_stages = super::inspect::parse_global_stages(g)?;
+                }
+                if let Some(w) = a.region_window {
+                    cfg.region.window = w;
                 }
                 let dim = cfg.tap.stages.iter().map(|&s| net.config().stage_channels(s)).sum::<flowspect::Result<usize>>()?;
                 Model::NfBmr(NfBmr::untrained(fast, cfg, dim)?)

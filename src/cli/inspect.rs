@@ -49,6 +49,12 @@ pub struct TrainArgs {
     /// nf-bmr: stages pooled over the whole image for the global score, comma-separated, or "none".
     #[arg(long)]
     pub global_stages: Option<String>,
+    /// nf-bmr: window of the region score added to the map, in feature cells (0 turns it off).
+    #[arg(long)]
+    pub region_window: Option<usize>,
+    /// nf-bmr: weight of the region score against the BMR map.
+    #[arg(long)]
+    pub region_weight: Option<f32>,
     /// Use at most this many training images (evenly spaced), for quick runs.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -113,13 +119,19 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
                     c.score = ScoreKind::MapMax;
                 }
             }
+            if let Some(w) = a.region_window {
+                c.region.window = w;
+            }
+            if let Some(w) = a.region_weight {
+                c.region.weight = w;
+            }
             if a.coreset_ratio.is_some() {
                 bail!("--coreset-ratio is a memflow option");
             }
         }
         DetectorConfig::MemFlow(c) => {
-            if a.global_stages.is_some() {
-                bail!("--global-stages is an nf-bmr option");
+            if a.global_stages.is_some() || a.region_window.is_some() || a.region_weight.is_some() {
+                bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
             }
             if let Some(s) = &a.stage {
                 c.bank_stages = s.clone();
@@ -219,6 +231,10 @@ pub struct EvalArgs {
     /// Override the image score kind stored in the model.
     #[arg(long)]
     pub score: Option<ScoreKind>,
+    /// nf-bmr: override the region score's weight in the map (0: the BMR map alone), to
+    /// compare; the pixel threshold stays the trained one.
+    #[arg(long)]
+    pub region_weight: Option<f32>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
 }
@@ -232,6 +248,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mut det = Detector::load(&a.model, &dev)?;
     if let Some(s) = a.score {
         det.set_score(s)?;
+    }
+    if let Some(w) = a.region_weight {
+        det.set_region_weight(w)?;
     }
     let samples = spread(&data::test_samples(&a.data)?, a.limit);
     if samples.iter().all(|s| s.defect.is_none()) {

@@ -466,6 +466,7 @@ impl MemFlow {
                 height: f.height,
                 map,
                 flow_map: Vec::new(),
+                region_map: Vec::new(),
                 size,
                 map_max,
                 flow_max,

@@ -6,4 +6,5 @@ pub mod global;
 pub mod memflow;
 pub mod memory;
 pub mod nfbmr;
+pub mod region;
 pub mod training;
