@@ -172,17 +172,14 @@ pub struct Calibration {
     pub global_mean: f32,
     #[serde(default)]
     pub global_std: f32,
-    /// Pixel mean and spread of the held-out good images' BMR maps (after position
+    /// Pixel (mean, spread) of the held-out good images' BMR maps (after position
     /// normalisation, leaving each image out of its own statistics) and region maps,
-    /// which standardise both before they are added (0 when there is no region score).
+    /// which standardise both before they are added ((0, 0) when not calibrated or
+    /// there is no region score).
     #[serde(default)]
-    pub local_pixel_mean: f32,
+    pub local_pixel: (f32, f32),
     #[serde(default)]
-    pub local_pixel_std: f32,
-    #[serde(default)]
-    pub region_pixel_mean: f32,
-    #[serde(default)]
-    pub region_pixel_std: f32,
+    pub region_pixel: (f32, f32),
 }
 
 /// One scored image.
@@ -310,10 +307,7 @@ impl NfBmr {
         let t2 = std::time::Instant::now();
         let map = self.bmr.anomaly_map(&y, &z.reshape((b, h, w, c))?)?;
         let map = map.to_device(&Device::Cpu)?;
-        let region = match &self.region {
-            Some(bank) => Some(region::region_maps(bank, &y, self.cfg.region.window)?.to_device(&Device::Cpu)?),
-            None => None,
-        };
+        let region = self.region_maps(&y)?;
         let nll = nll.to_device(&Device::Cpu)?;
         let t3 = std::time::Instant::now();
         for i in 0..b {
@@ -453,8 +447,7 @@ impl NfBmr {
         if model.region.is_some() {
             let local = region::pixel_stats(cal.iter().map(|s| s.map.as_slice()));
             let reg = region::pixel_stats(cal.iter().map(|s| s.region_map.as_slice()));
-            (model.calibration.local_pixel_mean, model.calibration.local_pixel_std) = local;
-            (model.calibration.region_pixel_mean, model.calibration.region_pixel_std) = reg;
+            (model.calibration.local_pixel, model.calibration.region_pixel) = (local, reg);
             for s in cal.iter_mut() {
                 region::fuse(&mut s.map, &s.region_map, local, reg, model.cfg.region.weight);
                 s.region_map = Vec::new();
@@ -483,6 +476,15 @@ impl NfBmr {
         let nll = RealNvp::nll(&z, &ld)?.reshape((b, h, w))?;
         let z = z.reshape((b, h, w, c))?;
         Ok((self.bmr.anomaly_map(y, &z)?, nll))
+    }
+
+    /// Region maps `[B, h, w]` on the CPU of standardised features, if the model has a
+    /// region score.
+    fn region_maps(&self, y: &Tensor) -> Result<Option<Tensor>> {
+        self.region
+            .as_ref()
+            .map(|bank| Ok(region::region_maps(bank, y, self.cfg.region.window)?.to_device(&Device::Cpu)?))
+            .transpose()
     }
 
     fn smooth(&self, m: &[f32], grid: usize) -> Vec<f32> {
@@ -520,10 +522,7 @@ impl NfBmr {
             let (_, h, w) = map.dims3()?;
             let map = map.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
             let nll = nll.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-            let region = match &self.region {
-                Some(bank) => Some(region::region_maps(bank, &y, self.cfg.region.window)?.to_device(&Device::Cpu)?),
-                None => None,
-            };
+            let region = self.region_maps(&y)?;
             for (i, f) in chunk.iter().enumerate() {
                 let m = map.get(i)?.flatten_all()?.to_vec1::<f32>()?;
                 let n = nll.get(i)?.flatten_all()?.to_vec1::<f32>()?;
@@ -539,9 +538,8 @@ impl NfBmr {
                 if let Some(r) = &region {
                     let sr = self.smooth(&r.get(i)?.flatten_all()?.to_vec1::<f32>()?, h);
                     let cal = &self.calibration;
-                    if cal.region_pixel_std > 0.0 {
-                        let stats = ((cal.local_pixel_mean, cal.local_pixel_std), (cal.region_pixel_mean, cal.region_pixel_std));
-                        region::fuse(&mut sm, &sr, stats.0, stats.1, self.cfg.region.weight);
+                    if cal.region_pixel.1 > 0.0 {
+                        region::fuse(&mut sm, &sr, cal.local_pixel, cal.region_pixel, self.cfg.region.weight);
                     } else {
                         region_map = sr;
                     }
@@ -696,10 +694,8 @@ pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind, positions: Calibrati
         position_scale: positions.position_scale,
         flow_position_mean: positions.flow_position_mean,
         flow_position_scale: positions.flow_position_scale,
-        local_pixel_mean: positions.local_pixel_mean,
-        local_pixel_std: positions.local_pixel_std,
-        region_pixel_mean: positions.region_pixel_mean,
-        region_pixel_std: positions.region_pixel_std,
+        local_pixel: positions.local_pixel,
+        region_pixel: positions.region_pixel,
     };
     c.val_scores = scored.iter().map(|s| image_score(kind, s, &c)).collect();
     let mut px: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(7).copied()).collect();
