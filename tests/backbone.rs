@@ -14,6 +14,29 @@ fn lite0(mode: BackboneMode) -> backbone::EfficientNet {
 }
 
 #[test]
+fn lite2_wheel_imports_and_classifies() {
+    // .ci/run points FLOWSPECT_LITE2_PTH at the .pth inside the PyPI wheel of EfficientNet-Lite2, the
+    // optional larger backbone (scripts/import-lite2.sh); it must import as Lite2 (stage widths scaled
+    // by 1.1, depth by 1.2) and classify the photos at its own input size.
+    let Ok(pth) = std::env::var("FLOWSPECT_LITE2_PTH") else {
+        eprintln!("FLOWSPECT_LITE2_PTH not set: Lite2 import not checked");
+        return;
+    };
+    let imp = import::import(Path::new(&pth), None).unwrap();
+    assert_eq!(imp.config.variant, "lite2");
+    let dir = std::env::temp_dir().join(format!("flowspect-lite2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lite2.safetensors");
+    import::write_canonical(&file, &imp).unwrap();
+    let net = backbone::load(&file, &Device::Cpu, BackboneMode::Fast).unwrap();
+    let cat = backbone::classify(&net, &root().join("assets/photos/chelsea.png"), 260).unwrap();
+    let cup = backbone::classify(&net, &root().join("assets/photos/coffee.png"), 260).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!([281, 282, 285].contains(&cat[0].0), "cat photo classified as {:?}", &cat[..3]);
+    assert!([967, 968, 504].contains(&cup[0].0), "coffee photo classified as {:?}", &cup[..3]);
+}
+
+#[test]
 fn real_photos_get_their_imagenet_class() {
     let net = lite0(BackboneMode::Fast);
     // skimage's chelsea.png (CC0): a tabby cat. ImageNet 281 tabby, 282 tiger cat, 285 Egyptian cat.
