@@ -11,6 +11,7 @@ use crate::fsutil::atomic_write;
 use crate::models::features::{self, FeatureTap};
 use crate::models::global::GlobalGaussian;
 use crate::models::memflow::{MemFlow, MemFlowConfig};
+use crate::models::memory::MemoryBank;
 use crate::models::region::RegionConfig;
 use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, ScoreKind, Scored, TrainReport, default_threshold};
 use crate::progress::Progress;
@@ -508,7 +509,7 @@ impl Detector {
                     if !ok {
                         return Err(Error::bad_file(path, format!("region bank has shape {:?}, expected [1..={}, {dim}]", bank.dims(), c.region.bank_size)));
                     }
-                    Some(crate::models::memory::MemoryBank::new(bank)?)
+                    Some(MemoryBank::new(bank)?)
                 } else {
                     None
                 };
@@ -522,7 +523,7 @@ impl Detector {
                 if bank.dims() != want.as_slice() {
                     return Err(Error::bad_file(path, format!("memory bank has shape {:?}, expected {want:?}", bank.dims())));
                 }
-                model.bank = crate::models::memory::MemoryBank::new(bank)?;
+                model.bank = MemoryBank::new(bank)?;
                 model.bank_mean = get("memory.mean")?;
                 model.bank_std = get("memory.std")?;
                 for i in 0..model.flows.len() {

@@ -70,7 +70,7 @@ fn memflow_detects_real_magnetic_tile_defects() {
     let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
     let train = data::spread(&data::training_images(&mt).unwrap(), Some(160));
     let cfg = flowspect::models::memflow::MemFlowConfig::default();
-    let mut det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
+    let det = Detector::train(net, &root(), cfg, &train, &NoProgress, &CancelToken::new()).unwrap();
     let samples = data::spread(&data::test_samples(&mt).unwrap(), Some(200));
     let (rep, _) = evaluate(&det, &samples, &NoProgress, &CancelToken::new()).unwrap();
     let (img, pix, pro) = (rep.image_auroc.unwrap(), rep.pixel_auroc.unwrap(), rep.aupro.unwrap());

@@ -428,17 +428,18 @@ impl NfBmr {
             // looks more normal than any new one (its maximum is pulled towards the
             // mean), which made the score statistics too tight: normalise each image
             // with the statistics of the other held-out images instead.
-            let loo = (cal.len() > 2).then(|| {
+            if cal.len() > 2 {
                 let maps = loo_position_normalise(&cal.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
                 let flows = loo_position_normalise(&cal.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
-                (maps, flows)
-            });
-            let mut loo = loo.map(|(m, f)| m.into_iter().zip(f));
-            for s in cal.iter_mut() {
-                match loo.as_mut().and_then(|it| it.next()) {
-                    Some((m, f)) => (s.map, s.flow_map) = (m, f),
-                    None => model.normalise_positions(&mut s.map, &mut s.flow_map),
+                for (s, (m, f)) in cal.iter_mut().zip(maps.into_iter().zip(flows)) {
+                    (s.map, s.flow_map) = (m, f);
                 }
+            } else {
+                for s in cal.iter_mut() {
+                    model.normalise_positions(&mut s.map, &mut s.flow_map);
+                }
+            }
+            for s in cal.iter_mut() {
                 s.map_max = max_of(&s.map);
                 s.flow_max = max_of(&s.flow_map);
                 s.flow_map = Vec::new();
