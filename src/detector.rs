@@ -9,15 +9,14 @@ use crate::backbone::{BackboneMode, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 use crate::models::features::{self, FeatureTap};
-use crate::models::global::GlobalGaussian;
 use crate::models::memflow::{MemFlow, MemFlowConfig};
-use crate::models::memory::MemoryBank;
-use crate::models::region::RegionConfig;
-use crate::models::nfbmr::{Calibration, NfBmr, NfBmrConfig, ScoreKind, Scored, TrainReport, default_threshold};
+use crate::models::nfbmr::{NfBmr, NfBmrConfig};
+use crate::models::patchcore::{PatchCore, PatchCoreConfig};
+use crate::models::scoring::{Calibration, ScoreKind, Scored, ThresholdRule, TrainReport, default_threshold};
+use crate::models::{AnomalyModel, StoredTensors};
 use crate::progress::Progress;
 use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +31,13 @@ pub enum Method {
     NfBmr,
     #[serde(rename = "memflow")]
     MemFlow,
+    #[serde(rename = "patchcore")]
+    PatchCore,
+}
+
+impl Method {
+    /// Every method, in the order the app and `benchmark` list them.
+    pub const ALL: [Method; 3] = [Method::NfBmr, Method::MemFlow, Method::PatchCore];
 }
 
 impl std::str::FromStr for Method {
@@ -40,7 +46,8 @@ impl std::str::FromStr for Method {
         match s.to_ascii_lowercase().as_str() {
             "nf-bmr" | "nfbmr" => Ok(Method::NfBmr),
             "memflow" | "memflownet" => Ok(Method::MemFlow),
-            _ => Err(Error::Config(format!("unknown method '{s}' (available: nf-bmr, memflow)"))),
+            "patchcore" => Ok(Method::PatchCore),
+            _ => Err(Error::Config(format!("unknown method '{s}' (available: nf-bmr, memflow, patchcore)"))),
         }
     }
 }
@@ -50,6 +57,7 @@ impl std::fmt::Display for Method {
         match self {
             Method::NfBmr => write!(f, "nf-bmr"),
             Method::MemFlow => write!(f, "memflow"),
+            Method::PatchCore => write!(f, "patchcore"),
         }
     }
 }
@@ -60,6 +68,7 @@ impl std::fmt::Display for Method {
 pub enum DetectorConfig {
     NfBmr(NfBmrConfig),
     MemFlow(MemFlowConfig),
+    PatchCore(PatchCoreConfig),
 }
 
 impl DetectorConfig {
@@ -68,37 +77,47 @@ impl DetectorConfig {
         match method {
             Method::NfBmr => Self::NfBmr(NfBmrConfig::default()),
             Method::MemFlow => Self::MemFlow(MemFlowConfig::default()),
+            Method::PatchCore => Self::PatchCore(PatchCoreConfig::default()),
         }
     }
     pub fn method(&self) -> Method {
         match self {
             Self::NfBmr(_) => Method::NfBmr,
             Self::MemFlow(_) => Method::MemFlow,
+            Self::PatchCore(_) => Method::PatchCore,
         }
     }
     pub fn tap(&self) -> &FeatureTap {
         match self {
             Self::NfBmr(c) => &c.tap,
             Self::MemFlow(c) => &c.tap,
+            Self::PatchCore(c) => &c.tap,
         }
     }
     pub fn tap_mut(&mut self) -> &mut FeatureTap {
         match self {
             Self::NfBmr(c) => &mut c.tap,
             Self::MemFlow(c) => &mut c.tap,
+            Self::PatchCore(c) => &mut c.tap,
         }
     }
     pub fn score(&self) -> ScoreKind {
         match self {
             Self::NfBmr(c) => c.score,
             Self::MemFlow(c) => c.score,
+            Self::PatchCore(_) => ScoreKind::MapMax,
         }
     }
-    pub fn set_score(&mut self, k: ScoreKind) {
+    /// Sets the image score (patchcore has only the map maximum: refused later by
+    /// training's check when another is asked for).
+    pub fn set_score(&mut self, k: ScoreKind) -> Result<()> {
         match self {
             Self::NfBmr(c) => c.score = k,
             Self::MemFlow(c) => c.score = k,
+            Self::PatchCore(_) if k == ScoreKind::MapMax => {}
+            Self::PatchCore(_) => return Err(Error::Config(format!("patchcore's image score is the map maximum (map-max), not {k:?}"))),
         }
+        Ok(())
     }
     /// Sets the maximum epochs of every training phase.
     pub fn set_epochs(&mut self, e: usize) {
@@ -108,18 +127,21 @@ impl DetectorConfig {
                 c.bmr_optim.epochs = e;
             }
             Self::MemFlow(c) => c.flow_optim.epochs = e,
+            Self::PatchCore(_) => {}
         }
     }
     pub fn set_flow_hidden(&mut self, h: usize) {
         match self {
             Self::NfBmr(c) => c.flow.hidden = h,
             Self::MemFlow(c) => c.flow.hidden = h,
+            Self::PatchCore(_) => {}
         }
     }
     pub fn set_seed(&mut self, s: u64) {
         match self {
             Self::NfBmr(c) => c.seed = s,
             Self::MemFlow(c) => c.seed = s,
+            Self::PatchCore(c) => c.seed = s,
         }
     }
 }
@@ -136,51 +158,55 @@ impl From<MemFlowConfig> for DetectorConfig {
     }
 }
 
-/// The trained networks of one method.
-pub enum Model {
-    NfBmr(NfBmr),
-    MemFlow(MemFlow),
+impl From<PatchCoreConfig> for DetectorConfig {
+    fn from(c: PatchCoreConfig) -> Self {
+        Self::PatchCore(c)
+    }
 }
 
-impl Model {
-    pub fn backbone(&self) -> &EfficientNet {
-        match self {
-            Model::NfBmr(m) => &m.backbone,
-            Model::MemFlow(m) => &m.backbone,
-        }
+/// The trained networks of one method.
+pub type Model = Box<dyn AnomalyModel>;
+
+/// Trains the method `cfg` configures (the one place training dispatches on it).
+fn train_model(
+    backbone: EfficientNet,
+    cfg: &DetectorConfig,
+    files: &[PathBuf],
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<(Model, TrainReport)> {
+    fn boxed<M: AnomalyModel + 'static>((m, r): (M, TrainReport)) -> (Model, TrainReport) {
+        (Box::new(m), r)
     }
-    pub fn tap(&self) -> &FeatureTap {
-        match self {
-            Model::NfBmr(m) => &m.cfg.tap,
-            Model::MemFlow(m) => &m.cfg.tap,
+    Ok(match cfg {
+        DetectorConfig::NfBmr(c) => boxed(NfBmr::train(backbone, c.clone(), files, progress, cancel)?),
+        DetectorConfig::MemFlow(c) => boxed(MemFlow::train(backbone, c.clone(), files, progress, cancel)?),
+        DetectorConfig::PatchCore(c) => boxed(PatchCore::train(backbone, c.clone(), files, progress, cancel)?),
+    })
+}
+
+/// Reads the method `meta` names from a model file's tensors.
+fn load_model(backbone: EfficientNet, meta: &ModelMeta, st: &StoredTensors) -> Result<Model> {
+    let cal = &meta.calibration;
+    Ok(match &meta.config {
+        DetectorConfig::NfBmr(c) => Box::new(NfBmr::load(backbone, c, cal, st)?),
+        DetectorConfig::MemFlow(c) => Box::new(MemFlow::load(backbone, c, cal, st)?),
+        DetectorConfig::PatchCore(c) => Box::new(PatchCore::load(backbone, c, cal, st)?),
+    })
+}
+
+/// A model of `cfg` with untrained parts (random or zero weights, a bank of `bank_rows`
+/// rows where the method has one), which costs the same arithmetic as a trained one:
+/// `flowspect bench`.
+pub fn untrained_model(backbone: EfficientNet, cfg: DetectorConfig, bank_rows: usize) -> Result<Model> {
+    Ok(match cfg {
+        DetectorConfig::NfBmr(c) => {
+            let dim = c.tap.stages.iter().map(|&s| backbone.config().stage_channels(s)).sum::<Result<usize>>()?;
+            Box::new(NfBmr::untrained(backbone, c, dim)?)
         }
-    }
-    /// Seconds per stage for one batch of prepared inputs: backbone, flow,
-    /// BMR or memory-bank search, map smoothing (`flowspect bench`).
-    pub fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
-        match self {
-            Model::NfBmr(m) => m.timed_stages(x),
-            Model::MemFlow(m) => m.timed_stages(x),
-        }
-    }
-    pub fn calibration(&self) -> &Calibration {
-        match self {
-            Model::NfBmr(m) => &m.calibration,
-            Model::MemFlow(m) => &m.calibration,
-        }
-    }
-    fn set_score(&mut self, k: ScoreKind) {
-        match self {
-            Model::NfBmr(m) => m.cfg.score = k,
-            Model::MemFlow(m) => m.cfg.score = k,
-        }
-    }
-    fn score_features(&self, f: &[&features::ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
-        match self {
-            Model::NfBmr(m) => m.score_features(f),
-            Model::MemFlow(m) => m.score_features(f, cancel),
-        }
-    }
+        DetectorConfig::MemFlow(c) => Box::new(MemFlow::untrained(backbone, c, bank_rows)?),
+        DetectorConfig::PatchCore(c) => Box::new(PatchCore::untrained(backbone, c, bank_rows)?),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +228,10 @@ pub struct ModelMeta {
     pub calibration: Calibration,
     /// Image-level accept/reject threshold (score >= threshold is a reject).
     pub threshold: f32,
+    /// How training set the default threshold, with the false-alarm rate it expects
+    /// (`None` in files written before it).
+    #[serde(default)]
+    pub threshold_rule: Option<ThresholdRule>,
     /// Optional upper threshold: between the two is "review".
     #[serde(default)]
     pub review_threshold: Option<f32>,
@@ -238,32 +268,6 @@ pub fn fingerprint(tensors: &HashMap<String, Tensor>) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
-fn varmap_tensors(prefix: &str, vm: &VarMap, out: &mut Vec<(String, Tensor)>) -> Result<()> {
-    let data = vm.data().lock().map_err(|_| Error::Data("weights lock poisoned".into()))?;
-    for (k, v) in data.iter() {
-        out.push((format!("{prefix}.{k}"), v.as_tensor().to_device(&Device::Cpu)?));
-    }
-    Ok(())
-}
-
-fn fill_varmap(path: &Path, prefix: &str, vm: &VarMap, t: &HashMap<String, Tensor>) -> Result<()> {
-    let data = vm.data().lock().map_err(|_| Error::Data("weights lock poisoned".into()))?;
-    for (k, v) in data.iter() {
-        let name = format!("{prefix}.{k}");
-        let src = t
-            .get(&name)
-            .ok_or_else(|| Error::bad_file(path, format!("model file lacks tensor '{name}'")))?;
-        if src.dims() != v.dims() {
-            return Err(Error::bad_file(
-                path,
-                format!("tensor '{name}' has shape {:?}, expected {:?}", src.dims(), v.dims()),
-            ));
-        }
-        v.set(&src.to_device(v.device())?)?;
-    }
-    Ok(())
-}
-
 impl Detector {
     /// Trains a detector on good images.
     /// Trains a detector of the method `cfg` configures.
@@ -285,17 +289,8 @@ impl Detector {
             .collect();
         let fp = fingerprint(&bb_tensors)?;
         let bcfg = backbone.config().clone();
-        let (model, report) = match &cfg {
-            DetectorConfig::NfBmr(c) => {
-                let (m, r) = NfBmr::train(backbone, c.clone(), files, progress, cancel)?;
-                (Model::NfBmr(m), r)
-            }
-            DetectorConfig::MemFlow(c) => {
-                let (m, r) = MemFlow::train(backbone, c.clone(), files, progress, cancel)?;
-                (Model::MemFlow(m), r)
-            }
-        };
-        let threshold = default_threshold(model.calibration());
+        let (model, report) = train_model(backbone, &cfg, files, progress, cancel)?;
+        let (threshold, rule) = default_threshold(model.calibration());
         let meta = ModelMeta {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
@@ -309,6 +304,7 @@ impl Detector {
             pixel_threshold: model.calibration().pixel_p999,
             calibration: model.calibration().clone(),
             threshold,
+            threshold_rule: Some(rule),
             review_threshold: None,
             training: report,
             created_unix: std::time::SystemTime::now()
@@ -358,13 +354,8 @@ impl Detector {
     /// Switches the image score (map maximum, flow, fused, global) without retraining;
     /// refuses a score the model has no parts for.
     pub fn set_score(&mut self, k: ScoreKind) -> Result<()> {
-        if k.needs_global() && !matches!(&self.model, Model::NfBmr(m) if m.global.is_some()) {
-            return Err(Error::Config(format!(
-                "this model has no pooled-feature Gaussian, so it cannot give the {k:?} score (train it with global stages)"
-            )));
-        }
-        self.meta.config.set_score(k);
-        self.model.set_score(k);
+        self.model.set_score(k)?;
+        self.meta.config = self.model.config();
         Ok(())
     }
 
@@ -372,25 +363,14 @@ impl Detector {
     /// the BMR map alone, standardised). For comparisons: the pixel threshold stays
     /// the one calibrated with the trained weight. Refused for a model without one.
     pub fn set_region_weight(&mut self, w: f32) -> Result<()> {
-        let (Model::NfBmr(m), DetectorConfig::NfBmr(c)) = (&mut self.model, &mut self.meta.config) else {
-            return Err(Error::Config("only nf-bmr models have a region score".into()));
-        };
-        if m.region.is_none() {
-            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
-        }
-        let region = RegionConfig { weight: w, ..m.cfg.region };
-        region.check()?;
-        m.cfg.region = region;
-        c.region = region;
+        self.model.set_region_weight(w)?;
+        self.meta.config = self.model.config();
         Ok(())
     }
 
-    /// Size of the memory bank in bytes (MemFlowNet), or `None`.
+    /// Size of the memory bank in bytes (methods with one), or `None`.
     pub fn bank_bytes(&self) -> Option<usize> {
-        match &self.model {
-            Model::MemFlow(m) => Some(m.bank.bytes()),
-            Model::NfBmr(_) => None,
-        }
+        self.model.bank_bytes()
     }
 
     /// Writes the model file atomically.
@@ -402,30 +382,7 @@ impl Detector {
                 tensors.push((format!("backbone.{k}"), v.to_device(&Device::Cpu)?));
             }
         }
-        match &self.model {
-            Model::NfBmr(m) => {
-                tensors.push(("norm.mean".into(), m.mean.to_device(&Device::Cpu)?));
-                tensors.push(("norm.std".into(), m.std.to_device(&Device::Cpu)?));
-                varmap_tensors("flow", &m.flow_vars, &mut tensors)?;
-                varmap_tensors("bmr", &m.bmr_vars, &mut tensors)?;
-                if let Some(g) = &m.global {
-                    tensors.extend(g.tensors("global")?);
-                }
-                if let Some(r) = &m.region {
-                    tensors.push(("region.bank".into(), r.bank.to_device(&Device::Cpu)?));
-                }
-            }
-            Model::MemFlow(m) => {
-                tensors.push(("memory.bank".into(), m.bank.bank.to_device(&Device::Cpu)?));
-                tensors.push(("memory.mean".into(), m.bank_mean.to_device(&Device::Cpu)?));
-                tensors.push(("memory.std".into(), m.bank_std.to_device(&Device::Cpu)?));
-                for (i, (vm, (mean, std))) in m.flow_vars.iter().zip(&m.flow_norm).enumerate() {
-                    varmap_tensors(&format!("flow{i}"), vm, &mut tensors)?;
-                    tensors.push((format!("flownorm{i}.mean"), mean.to_device(&Device::Cpu)?));
-                    tensors.push((format!("flownorm{i}.std"), std.to_device(&Device::Cpu)?));
-                }
-            }
-        }
+        tensors.extend(self.model.tensors()?);
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let meta_json = serde_json::to_string(&self.meta).map_err(|e| Error::Data(e.to_string()))?;
         let meta: HashMap<String, String> = [(META_KEY.to_string(), meta_json)].into_iter().collect();
@@ -479,61 +436,10 @@ impl Detector {
             return Err(Error::bad_file(path, "backbone weights do not match their fingerprint (corrupt file)"));
         }
         let backbone = EfficientNet::from_tensors_upto(meta.backbone.config.clone(), &bb, device, BackboneMode::Fast, last)?;
-        let get = |n: &str| -> Result<Tensor> {
-            Ok(all
-                .get(n)
-                .ok_or_else(|| Error::bad_file(path, format!("model file lacks tensor '{n}'")))?
-                .to_device(device)?)
-        };
         if meta.config.method() != meta.method {
             return Err(Error::bad_file(path, format!("model says method {} but has a {} configuration", meta.method, meta.config.method())));
         }
-        let model = match &meta.config {
-            DetectorConfig::NfBmr(c) => {
-                let mean = get("norm.mean")?;
-                let std = get("norm.std")?;
-                let mut model = NfBmr::untrained(backbone, c.clone(), mean.dim(0)?)?;
-                fill_varmap(path, "flow", &model.flow_vars, &all)?;
-                fill_varmap(path, "bmr", &model.bmr_vars, &all)?;
-                model.mean = mean;
-                model.std = std;
-                if !c.tap.global_stages.is_empty() {
-                    model.global = Some(GlobalGaussian::from_tensors("global", &c.tap.global_stages, &all, |n| {
-                        Error::bad_file(path, format!("model file lacks tensor '{n}'"))
-                    })?);
-                }
-                model.region = if c.region.enabled() {
-                    let bank = get("region.bank")?;
-                    let dim = model.mean.dim(0)?;
-                    let ok = matches!(bank.dims(), &[n, d] if n > 0 && n <= c.region.bank_size && d == dim);
-                    if !ok {
-                        return Err(Error::bad_file(path, format!("region bank has shape {:?}, expected [1..={}, {dim}]", bank.dims(), c.region.bank_size)));
-                    }
-                    Some(MemoryBank::new(bank)?)
-                } else {
-                    None
-                };
-                model.calibration = meta.calibration.clone();
-                Model::NfBmr(model)
-            }
-            DetectorConfig::MemFlow(c) => {
-                let bank = get("memory.bank")?;
-                let mut model = MemFlow::untrained(backbone, c.clone(), bank.dim(0)?)?;
-                let want = model.bank.bank.dims().to_vec();
-                if bank.dims() != want.as_slice() {
-                    return Err(Error::bad_file(path, format!("memory bank has shape {:?}, expected {want:?}", bank.dims())));
-                }
-                model.bank = MemoryBank::new(bank)?;
-                model.bank_mean = get("memory.mean")?;
-                model.bank_std = get("memory.std")?;
-                for i in 0..model.flows.len() {
-                    fill_varmap(path, &format!("flow{i}"), &model.flow_vars[i], &all)?;
-                    model.flow_norm[i] = (get(&format!("flownorm{i}.mean"))?, get(&format!("flownorm{i}.std"))?);
-                }
-                model.calibration = meta.calibration.clone();
-                Model::MemFlow(model)
-            }
-        };
+        let model = load_model(backbone, &meta, &StoredTensors { path, all: &all, device })?;
         Ok(Self { meta, model })
     }
 }

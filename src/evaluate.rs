@@ -3,7 +3,7 @@ use crate::data::{Sample, image_io::load_mask};
 use crate::detector::Detector;
 use crate::error::Result;
 use crate::metrics::{self, Confusion, PixelAuroc, ProAccumulator, RocPoint};
-use crate::models::nfbmr::{ScoreKind, Scored, image_score};
+use crate::models::scoring::{ScoreKind, Scored, image_score};
 use crate::progress::{CancelToken, Progress, ProgressSink};
 use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,8 @@ pub struct ImageResult {
     pub defect: Option<bool>,
     pub score: f32,
     pub map_max: f32,
+    /// The flow's maximum (NaN, written as null, for methods without a flow).
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
     pub flow_max: f32,
     /// Distance to the pooled-feature Gaussian (NaN, written as null, without one).
     #[serde(default = "nan", deserialize_with = "null_as_nan")]
@@ -61,6 +63,15 @@ pub struct EvalReport {
     pub confusion: Confusion,
     pub precision: f64,
     pub recall: f64,
+    /// At the model's threshold: the share of good images rejected (false alarms) and
+    /// of defective images accepted (escapes).
+    #[serde(default)]
+    pub false_alarm_rate: f64,
+    #[serde(default)]
+    pub escape_rate: f64,
+    /// Peak resident memory of the scoring process in MB (set by the command line).
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
     pub n_good: usize,
     pub n_defect: usize,
     pub n_unlabeled: usize,
@@ -204,6 +215,9 @@ pub fn evaluate(
         model_threshold,
         precision: confusion.precision(),
         recall: confusion.recall(),
+        false_alarm_rate: confusion.fp as f64 / (confusion.fp + confusion.tn).max(1) as f64,
+        escape_rate: confusion.fn_ as f64 / (confusion.fn_ + confusion.tp).max(1) as f64,
+        peak_rss_mb: None,
         confusion,
         n_good: labels.iter().filter(|&&l| !l).count(),
         n_defect: labels.iter().filter(|&&l| l).count(),

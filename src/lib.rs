@@ -15,6 +15,7 @@ pub mod models;
 pub mod postprocess;
 pub mod progress;
 pub mod report;
+pub mod resources;
 pub mod render;
 pub mod rng;
 

@@ -157,3 +157,49 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/m.fsm"));
 }
+
+/// `benchmark` trains and evaluates each method on each set (as child processes) and
+/// writes one table whose numbers are those of the per-run evaluations.
+#[test]
+fn benchmark_writes_one_table_of_every_run() {
+    let mt = magnetic_tile();
+    let dir = tempdir("benchmark");
+    let out_dir = dir.path().join("bench");
+    let out = flowspect()
+        .args(["benchmark", "--data"])
+        .arg(&mt)
+        .arg("--data")
+        .arg(elpv_poly())
+        .args(["--method", "patchcore", "--method", "memflow", "--limit", "8", "--test-limit", "14", "--image-size", "64", "--epochs", "1", "--device", "cpu", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("benchmark.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    let md = std::fs::read_to_string(out_dir.join("benchmark.md")).unwrap();
+    assert!(md.contains("| set | method | image AUROC | pixel AUROC | AUPRO"), "{md}");
+    assert!(md.contains("Pixel AUROC by defect kind"), "{md}");
+    for r in rows {
+        let (set, method) = (r["set"].as_str().unwrap(), r["method"].as_str().unwrap());
+        // The row is the run's own evaluation, read back from its JSON.
+        let e: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join(format!("{set}-{method}.json"))).unwrap()).unwrap();
+        for k in ["image_auroc", "pixel_auroc", "aupro", "f1_max", "false_alarm_rate", "escape_rate", "ms_per_image"] {
+            assert_eq!(r[k], e[k], "{set} {method} {k}");
+        }
+        assert_eq!(r["n_good"].as_u64().unwrap() + r["n_defect"].as_u64().unwrap(), 14);
+        let (fa, c) = (r["false_alarm_rate"].as_f64().unwrap(), &e["confusion"]);
+        let fp = c["fp"].as_f64().unwrap();
+        assert!((fa - fp / (fp + c["tn"].as_f64().unwrap())).abs() < 1e-12);
+        assert!(r["train_seconds"].as_f64().unwrap() > 0.0);
+        if cfg!(target_os = "linux") {
+            assert!(r["peak_mb"].as_f64().unwrap() > 10.0);
+        }
+        assert!(md.contains(&format!("| {set} | {method} | ")), "{md}");
+    }
+    // A folder that does not exist is refused before anything runs.
+    let out = flowspect().args(["benchmark", "--data", "/no/such/set", "--out"]).arg(&out_dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/set"));
+}

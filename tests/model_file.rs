@@ -113,3 +113,42 @@ fn other_version_corrupt_and_wrong_files_give_clear_errors() {
     let e = Detector::load(&p4, &candle_core::Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("junk.fsm"), "{e}");
 }
+
+#[test]
+fn patchcore_save_load_round_trip_gives_identical_scores() {
+    let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
+    let files = first_images(&magnetic_tile().join("train/good"), 6);
+    let mut cfg = flowspect::models::patchcore::PatchCoreConfig::default();
+    cfg.tap.image_size = 64;
+    cfg.coreset_ratio = 0.5;
+    let det = Detector::train(net, &root(), cfg, &files, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(det.meta.method, flowspect::detector::Method::PatchCore);
+    let bank = det.meta.training.bank.clone().expect("bank report");
+    // 5 training images (one held out) of 8x8 stride-8 patches at 64 px, half kept;
+    // stages 3 and 5: 40 + 112 channels.
+    assert_eq!((bank.patches, bank.rows, bank.dim), (5 * 64, 160, 152));
+    let dir = tempdir("modelfile-patchcore");
+    let path = dir.path().join("m.fsm");
+    det.save(&path).unwrap();
+    let back = Detector::load(&path, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(back.meta.config, det.meta.config);
+    assert_eq!(back.meta.threshold, det.meta.threshold);
+    let test = first_images(&magnetic_tile().join("test/crack"), 3);
+    let (a, _) = det.score_paths(&test, &NoProgress, &CancelToken::new()).unwrap();
+    let (b, _) = back.score_paths(&test, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        // The image score is the map's maximum.
+        assert!(x.score.is_finite() && x.score > 0.0);
+        assert_eq!(x.score, x.map.iter().copied().fold(f32::MIN, f32::max));
+        assert_eq!(x.score, y.score);
+        assert_eq!(x.map, y.map);
+    }
+    // No network and no second score: other image scores are refused by name.
+    let mut back = back;
+    let e = back.set_score(flowspect::models::scoring::ScoreKind::Fused).unwrap_err().to_string();
+    assert!(e.contains("patchcore"), "{e}");
+    // The threshold rule is stored with its held-out count.
+    let rule = back.meta.threshold_rule.expect("threshold rule");
+    assert_eq!(rule.held_out, 1);
+}

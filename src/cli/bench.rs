@@ -5,9 +5,7 @@ use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::{self, image_io};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::models::features;
-use flowspect::detector::{DetectorConfig, Method, Model};
-use flowspect::models::memflow::MemFlow;
-use flowspect::models::nfbmr::NfBmr;
+use flowspect::detector::{self, DetectorConfig, Method};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,7 +27,7 @@ pub struct BenchArgs {
     /// Also time the plain candle backbone (batch 1 only) for comparison.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reference: bool,
-    /// The detector whose stages are timed: nf-bmr (flow + BMR) or memflow (flows + memory-bank search).
+    /// The detector whose stages are timed: nf-bmr (flow + BMR), memflow (flows + memory-bank search) or patchcore (memory-bank search).
     #[arg(long, default_value = "nf-bmr")]
     pub method: Method,
     /// nf-bmr: stages pooled for the global score (default 4,5,6), or "none".
@@ -39,8 +37,9 @@ pub struct BenchArgs {
     /// timed with the BMR map (the "bmr+reg" column).
     #[arg(long)]
     pub region_window: Option<usize>,
-    /// memflow: patches in the memory bank searched per position (17,613 is the bank of the
-    /// full magnetic-tile training set at the default coreset ratio 0.1).
+    /// memflow, patchcore: patches in the memory bank searched per position (17,613 is
+    /// memflow's bank of the full magnetic-tile training set at the default coreset ratio
+    /// 0.1; patchcore's default bank there is capped at 10,000).
     #[arg(long, default_value = "17613")]
     pub bank_rows: usize,
     #[arg(long)]
@@ -79,34 +78,28 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         img_dir.display(),
         a.repeats
     );
-    println!(
-        "{:>5} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} | {:>9} {:>7}",
-        "size", "batch", "decode", "backbone", "flow", match a.method {
-            Method::NfBmr if a.region_window != Some(0) => "bmr+reg",
-            Method::NfBmr => "bmr",
-            Method::MemFlow => "bank",
-        }, "post", "total", "img/s", "plain bb", "speedup"
-    );
+    let mut header_done = false;
     for &size in &a.sizes {
         let fast = backbone::load(&bb_path, &dev, BackboneMode::Fast)?;
         // Untrained weights and an all-zero bank cost the same arithmetic as trained ones.
-        let model = match DetectorConfig::default_for(a.method) {
-            DetectorConfig::NfBmr(mut cfg) => {
-                cfg.tap.image_size = size;
-                if let Some(g) = &a.global_stages {
-                    cfg.tap.global_stages = super::inspect::parse_global_stages(g)?;
-                }
-                if let Some(w) = a.region_window {
-                    cfg.region.window = w;
-                }
-                let dim = cfg.tap.stages.iter().map(|&s| net.config().stage_channels(s)).sum::<flowspect::Result<usize>>()?;
-                Model::NfBmr(NfBmr::untrained(fast, cfg, dim)?)
+        let mut cfg = DetectorConfig::default_for(a.method);
+        cfg.tap_mut().image_size = size;
+        if let DetectorConfig::NfBmr(c) = &mut cfg {
+            if let Some(g) = &a.global_stages {
+                c.tap.global_stages = super::inspect::parse_global_stages(g)?;
             }
-            DetectorConfig::MemFlow(mut cfg) => {
-                cfg.tap.image_size = size;
-                Model::MemFlow(MemFlow::untrained(fast, cfg, a.bank_rows)?)
+            if let Some(w) = a.region_window {
+                c.region.window = w;
             }
-        };
+        }
+        let model = detector::untrained_model(fast, cfg, a.bank_rows)?;
+        if !header_done {
+            println!(
+                "{:>5} {:>5} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8} | {:>9} {:>7}",
+                "size", "batch", "decode", "backbone", "flow", model.map_stage_name(), "post", "total", "img/s", "plain bb", "speedup"
+            );
+            header_done = true;
+        }
         let tap = model.tap().clone();
         for &batch in &a.batches {
             let chosen: Vec<PathBuf> = (0..batch).map(|i| paths[i % paths.len()].clone()).collect();

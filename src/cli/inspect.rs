@@ -7,7 +7,7 @@ use flowspect::data::{self, spread};
 use flowspect::detector::{Detector, DetectorConfig, Method};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::evaluate;
-use flowspect::models::nfbmr::ScoreKind;
+use flowspect::models::scoring::ScoreKind;
 use flowspect::progress::CancelToken;
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ pub struct TrainArgs {
     /// Good images: an MVTec category folder (uses train/good), a folder with good/, or a plain folder.
     #[arg(long)]
     pub data: PathBuf,
-    /// nf-bmr (normalizing flow + bidirectional mapping) or memflow (memory bank + multi-scale flows).
+    /// nf-bmr (normalizing flow + bidirectional mapping), memflow (memory bank + multi-scale flows) or patchcore (memory bank, the reference baseline).
     #[arg(long, default_value = "nf-bmr")]
     pub method: Method,
     /// Input side length in pixels.
@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// Backbone stage(s) to tap, comma-separated (1..7); for memflow, the memory bank's stages.
     #[arg(long, value_delimiter = ',')]
     pub stage: Option<Vec<usize>>,
-    /// memflow: fraction of the training patches kept in the memory bank (greedy k-center coreset).
+    /// memflow, patchcore: fraction of the training patches kept in the memory bank (greedy k-center coreset).
     #[arg(long)]
     pub coreset_ratio: Option<f64>,
     /// Maximum epochs of each training phase (flow, then BMR); early stopping may end sooner.
@@ -93,7 +93,7 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
         cfg.set_flow_hidden(h);
     }
     if let Some(s) = a.score {
-        cfg.set_score(s);
+        cfg.set_score(s)?;
     }
     if let Some(s) = a.seed {
         cfg.set_seed(s);
@@ -126,7 +126,7 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
                 c.region.weight = w;
             }
             if a.coreset_ratio.is_some() {
-                bail!("--coreset-ratio is a memflow option");
+                bail!("--coreset-ratio is a memflow and patchcore option");
             }
         }
         DetectorConfig::MemFlow(c) => {
@@ -148,6 +148,20 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
             }
             if a.hidden.is_some() || a.bmr_lr.is_some() {
                 bail!("--hidden and --bmr-lr are nf-bmr options (memflow has no BMR)");
+            }
+        }
+        DetectorConfig::PatchCore(c) => {
+            if a.global_stages.is_some() || a.region_window.is_some() || a.region_weight.is_some() {
+                bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
+            }
+            if a.hidden.is_some() || a.bmr_lr.is_some() || a.flow_lr.is_some() || a.flow_hidden.is_some() || a.epochs.is_some() {
+                bail!("patchcore trains no network: --epochs, --hidden, --flow-hidden, --bmr-lr and --flow-lr do not apply");
+            }
+            if let Some(s) = &a.stage {
+                c.tap.set_stages(s.clone());
+            }
+            if let Some(r) = a.coreset_ratio {
+                c.coreset_ratio = r;
             }
         }
     }
@@ -175,8 +189,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         device::describe(&dev)
     );
     let progress = CliProgress::new();
-    let det = Detector::train(net, &bb_path, cfg, &files, &progress, &CancelToken::new())?;
+    let mut det = Detector::train(net, &bb_path, cfg, &files, &progress, &CancelToken::new())?;
     progress.finish();
+    det.meta.training.peak_rss_mb = flowspect::resources::peak_rss_mb();
     det.save(&a.out)?;
     let r = &det.meta.training;
     let stages = match &r.bank {
@@ -189,14 +204,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ),
         Some(b) => {
             let flows: Vec<String> = r.flows.iter().map(|h| format!("{} epochs {:.1} s", h.train_loss.len(), h.seconds)).collect();
-            format!(
-                "memory bank {} of {} patches, {:.1} MB, coreset {:.1} s; flows {}",
-                b.rows,
-                b.patches,
-                b.megabytes,
-                b.coreset_seconds,
-                flows.join(", ")
-            )
+            let flows = if flows.is_empty() { String::new() } else { format!("; flows {}", flows.join(", ")) };
+            format!("memory bank {} of {} patches, {:.1} MB, coreset {:.1} s{flows}", b.rows, b.patches, b.megabytes, b.coreset_seconds)
         }
     };
     println!(
@@ -212,6 +221,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         println!("skipped {}: {why}", p.display());
     }
     println!("threshold {:.5}; model written to {}", det.meta.threshold, a.out.display());
+    if let Some(r) = &det.meta.threshold_rule {
+        println!("  {}", r.describe());
+    }
     Ok(())
 }
 
@@ -257,8 +269,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         bail!("{}: no labels found (expected test/good and defect folders); use `predict` for unlabeled images", a.data.display());
     }
     let progress = CliProgress::new();
-    let (rep, _) = evaluate::evaluate(&det, &samples, &progress, &CancelToken::new())?;
+    let (mut rep, _) = evaluate::evaluate(&det, &samples, &progress, &CancelToken::new())?;
     progress.finish();
+    rep.peak_rss_mb = flowspect::resources::peak_rss_mb();
     println!("images: {} good, {} defect, {} skipped", rep.n_good, rep.n_defect, rep.skipped.len());
     for (p, why) in &rep.skipped {
         println!("skipped {}: {why}", p.display());
@@ -286,6 +299,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     println!(
         "at the model threshold {:.5}: TP {} FP {} TN {} FN {}; precision {:.3} recall {:.3}",
         rep.model_threshold, c.tp, c.fp, c.tn, c.fn_, rep.precision, rep.recall
+    );
+    println!(
+        "  false alarms {:.1} % of good images, escapes {:.1} % of defective images",
+        100.0 * rep.false_alarm_rate,
+        100.0 * rep.escape_rate
     );
     println!("scoring took {:.1} s ({:.0} ms per image)", rep.seconds, rep.ms_per_image);
     if let Some(j) = &a.json {

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and one function per subcommand.
 mod bench;
+mod benchmark;
 mod import;
 mod inspect;
 mod progress;
@@ -9,7 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "flowspect", version, about = "Unsupervised visual defect inspection (NF-BMR)")]
+#[command(name = "flowspect", version, about = "Unsupervised visual defect inspection (NF-BMR, MemFlowNet, PatchCore)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -31,6 +32,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Time each stage of the pipeline (median ms per image) at several sizes and batches.
     Bench(bench::BenchArgs),
+    /// Train and evaluate each method on each labelled set; one table (Markdown and JSON).
+    Benchmark(benchmark::BenchmarkArgs),
     /// Print the top ImageNet classes of a photo (checks a backbone file).
     Classify(import::ClassifyArgs),
 }
@@ -101,6 +104,7 @@ pub fn run() -> Result<()> {
         Some(Command::Eval(a)) => inspect::eval(a),
         Some(Command::Predict(a)) => inspect::predict(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Benchmark(a)) => benchmark::benchmark(a),
         Some(Command::Report(a)) => report::report(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),

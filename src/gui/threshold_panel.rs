@@ -96,8 +96,12 @@ fn controls(ui: &mut egui::Ui, app: &mut App, scores: &[f32], labels: &[Option<b
                 st.thresholds.accept_below = thr;
             }
         }
+        let rule = app.model.as_ref().and_then(|m| m.meta.threshold_rule).map(|r| r.describe());
         if let Some(m) = &app.model
-            && ui.button("Model default").on_hover_text("mean + 3 standard deviations of held-out good scores, or the saved threshold").clicked()
+            && ui
+                .button("Model default")
+                .on_hover_text(rule.clone().unwrap_or_else(|| "the threshold saved in the model file".into()))
+                .clicked()
         {
             st.thresholds.accept_below = m.meta.threshold;
         }

@@ -27,6 +27,7 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
                 .show_ui(ui, |ui| {
                     ui.selectable_value(&mut s.method, Method::NfBmr, "nf-bmr (normalizing flow + bidirectional mapping)");
                     ui.selectable_value(&mut s.method, Method::MemFlow, "memflow (memory bank + multi-scale flows)");
+                    ui.selectable_value(&mut s.method, Method::PatchCore, "patchcore (memory bank; the reference baseline)");
                 })
                 .response
                 .labelled_by(l.id);
@@ -129,6 +130,9 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
             t.total_seconds,
             m.meta.threshold
         ));
+        if let Some(r) = &m.meta.threshold_rule {
+            ui.label(format!("Default threshold: {}", r.describe()));
+        }
     }
     ui.separator();
     loss_plot(ui, app);

@@ -64,6 +64,7 @@ impl TrainSettings {
                 self.epochs = c.flow_optim.epochs;
                 self.flow_hidden = c.flow.hidden;
             }
+            DetectorConfig::PatchCore(c) => self.image_size = c.tap.image_size,
         }
     }
 

@@ -30,9 +30,11 @@
 //!   use one of them alone.
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
-use super::memory::{MemoryBank, greedy_coreset, local_average};
-use super::nfbmr::{Calibration, ScoreKind, Scored, TrainReport, calibrate, max_of, position_stats};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, local_average};
+use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
+use super::{AnomalyModel, StoredTensors, varmap_tensors};
+use crate::detector::DetectorConfig;
 use crate::backbone::EfficientNet;
 use crate::backbone::config::STAGE_STRIDE;
 use crate::error::{Error, Result};
@@ -102,16 +104,6 @@ struct Slice {
     offset: usize,
     channels: usize,
     step: usize,
-}
-
-/// What training the memory bank did (in the training report).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BankReport {
-    pub patches: usize,
-    pub rows: usize,
-    pub dim: usize,
-    pub megabytes: f64,
-    pub coreset_seconds: f64,
 }
 
 pub struct MemFlow {
@@ -249,41 +241,16 @@ impl MemFlow {
         // The memory bank.
         let bsl = model.bank_slices()?;
         let raw: Vec<Tensor> = tr.iter().map(|f| bank_features(&f.features, &bsl)).collect::<Result<_>>()?;
-        let (bm, bs) = features::channel_stats(&raw.iter().collect::<Vec<_>>())?;
-        let mut patches = Vec::with_capacity(raw.len());
-        for chunk in raw.chunks(16) {
-            cancel.check()?;
-            let b = Tensor::stack(chunk, 0)?.broadcast_sub(&bm)?.broadcast_div(&bs)?;
-            let b = local_average(&b, cfg.neighbourhood)?;
-            let dim = b.dim(D::Minus1)?;
-            patches.push(b.reshape(((), dim))?.to_device(&Device::Cpu)?);
-        }
-        drop(raw);
-        let all = Tensor::cat(&patches, 0)?;
-        drop(patches);
-        let (n, dim) = all.dims2()?;
-        let k = ((n as f64 * cfg.coreset_ratio).ceil() as usize).clamp(1, cfg.max_bank.max(1)).min(n);
-        let tc = std::time::Instant::now();
-        let flat = all.flatten_all()?.to_vec1::<f32>()?;
-        let picked = greedy_coreset(&flat, n, dim, k, 0, cfg.projection, cfg.seed, progress, cancel)?;
-        drop(flat);
-        let idx = Tensor::from_vec(picked.iter().map(|&i| i as u32).collect::<Vec<_>>(), picked.len(), &Device::Cpu)?;
-        let bank = all.index_select(&idx, 0)?.to_device(model.backbone.device())?;
-        drop(all);
-        model.bank = MemoryBank::new(bank)?;
-        model.bank_mean = bm;
-        model.bank_std = bs;
-        let bank_report = BankReport {
-            patches: n,
-            rows: model.bank.len(),
-            dim,
-            megabytes: model.bank.bytes() as f64 / (1024.0 * 1024.0),
-            coreset_seconds: tc.elapsed().as_secs_f64(),
+        let bank_cfg = BankConfig {
+            neighbourhood: cfg.neighbourhood,
+            coreset_ratio: cfg.coreset_ratio,
+            max_bank: cfg.max_bank,
+            projection: cfg.projection,
+            standardise: true,
+            seed: cfg.seed,
         };
-        progress.report(Progress::Info(format!(
-            "memory bank: {} of {n} patches ({:.1} MB) in {:.1} s",
-            bank_report.rows, bank_report.megabytes, bank_report.coreset_seconds
-        )));
+        let (bank, bank_report) = build_bank(raw, &bank_cfg, model.backbone.device(), progress, cancel)?;
+        (model.bank, model.bank_mean, model.bank_std) = (bank.bank, bank.mean, bank.std);
 
         // One flow per scale.
         let mut histories = Vec::new();
@@ -341,8 +308,26 @@ impl MemFlow {
                 ..Default::default()
             };
         }
-        let scored = model.finish(&cal_set, raw);
+        // A held-out map normalised by statistics that include it looks more normal than
+        // any new image's (its maximum is pulled towards the mean), which set the threshold
+        // too low: normalise each with the other held-out maps' statistics (as NF-BMR does).
         let positions = std::mem::take(&mut model.calibration);
+        let raw = if cfg.position_norm && raw.len() > 2 {
+            let memory = loo_position_normalise(&raw.iter().map(|r| r.memory.as_slice()).collect::<Vec<_>>());
+            let mut flows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); raw.len()];
+            for i in 0..model.flows.len() {
+                let scale = loo_position_normalise(&raw.iter().map(|r| r.flows[i].as_slice()).collect::<Vec<_>>());
+                for (f, m) in flows.iter_mut().zip(scale) {
+                    f.push(m);
+                }
+            }
+            // Already normalised: `finish` runs without position statistics.
+            memory.into_iter().zip(flows).map(|(memory, flows)| RawMaps { memory, flows }).collect()
+        } else {
+            model.calibration = positions.clone();
+            raw
+        };
+        let scored = model.finish(&cal_set, raw);
         model.calibration = calibrate(&scored, cfg.score, positions);
         let report = TrainReport {
             n_train: tr.len(),
@@ -354,6 +339,7 @@ impl MemFlow {
             total_seconds: t0.elapsed().as_secs_f64(),
             flows: histories,
             bank: Some(bank_report),
+            peak_rss_mb: None,
         };
         Ok((model, report))
     }
@@ -473,7 +459,7 @@ impl MemFlow {
                 global: f32::NAN,
                 score: 0.0,
             };
-            s.score = super::nfbmr::image_score(self.cfg.score, &s, cal);
+            s.score = image_score(self.cfg.score, &s, cal);
             out.push(s);
         }
         out
@@ -482,5 +468,63 @@ impl MemFlow {
     pub fn score_features(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
         let raw = self.raw_maps(feats, cancel)?;
         Ok(self.finish(feats, raw))
+    }
+}
+
+impl MemFlow {
+    /// The model stored in a model file (the backbone already loaded).
+    pub fn load(backbone: EfficientNet, cfg: &MemFlowConfig, calibration: &Calibration, st: &StoredTensors) -> Result<Self> {
+        let mut model = MemFlow::untrained(backbone, cfg.clone(), 0)?;
+        let bank = TrainedBank::load(st, model.bank_mean.dim(0)?)?;
+        (model.bank, model.bank_mean, model.bank_std) = (bank.bank, bank.mean, bank.std);
+        for i in 0..model.flows.len() {
+            st.fill_varmap(&format!("flow{i}"), &model.flow_vars[i])?;
+            model.flow_norm[i] = (st.get(&format!("flownorm{i}.mean"))?, st.get(&format!("flownorm{i}.std"))?);
+        }
+        model.calibration = calibration.clone();
+        Ok(model)
+    }
+}
+
+impl AnomalyModel for MemFlow {
+    fn backbone(&self) -> &EfficientNet {
+        &self.backbone
+    }
+    fn tap(&self) -> &FeatureTap {
+        &self.cfg.tap
+    }
+    fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+    fn score_features(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
+        MemFlow::score_features(self, feats, cancel)
+    }
+    fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
+        MemFlow::timed_stages(self, x)
+    }
+    fn map_stage_name(&self) -> &'static str {
+        "bank"
+    }
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut t = TrainedBank::tensors(&self.bank, &self.bank_mean, &self.bank_std)?;
+        for (i, (vm, (mean, std))) in self.flow_vars.iter().zip(&self.flow_norm).enumerate() {
+            varmap_tensors(&format!("flow{i}"), vm, &mut t)?;
+            t.push((format!("flownorm{i}.mean"), mean.to_device(&Device::Cpu)?));
+            t.push((format!("flownorm{i}.std"), std.to_device(&Device::Cpu)?));
+        }
+        Ok(t)
+    }
+    fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        if k.needs_global() {
+            return Err(Error::Config(format!("this model has no pooled-feature Gaussian, so it cannot give the {k:?} score")));
+        }
+        self.cfg.score = k;
+        Ok(())
+    }
+    fn config(&self) -> DetectorConfig {
+        DetectorConfig::MemFlow(self.cfg.clone())
+    }
+    fn bank_bytes(&self) -> Option<usize> {
+        Some(self.bank.bytes())
     }
 }

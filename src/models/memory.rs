@@ -7,6 +7,7 @@ use crate::progress::{CancelToken, Progress, ProgressSink};
 use crate::rng::Rng;
 use candle_core::{D, DType, Device, Tensor};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Averages each position of `[B, h, w, C]` features over its `k x k` neighbourhood
 /// (PatchCore's local aggregation; the image border is mirrored). `k <= 1` is a no-op.
@@ -98,6 +99,108 @@ pub fn greedy_coreset(
     }
     progress.report(Progress::Step { done: picked.len() });
     Ok(picked)
+}
+
+/// What training the memory bank did (in the training report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BankReport {
+    pub patches: usize,
+    pub rows: usize,
+    pub dim: usize,
+    pub megabytes: f64,
+    pub coreset_seconds: f64,
+}
+
+/// How a memory bank is built from training patches.
+#[derive(Debug, Clone)]
+pub struct BankConfig {
+    /// Side of the local averaging window (1 = none).
+    pub neighbourhood: usize,
+    /// Fraction of the training patches kept.
+    pub coreset_ratio: f64,
+    /// Upper bound on the bank's rows, whatever the ratio.
+    pub max_bank: usize,
+    /// Dimensions of the random projection the coreset is selected on (0 = none).
+    pub projection: usize,
+    /// Standardise each channel with the training patches' mean and spread first.
+    pub standardise: bool,
+    pub seed: u64,
+}
+
+/// A bank with the per-channel statistics its queries are standardised with (zeros and
+/// ones when the bank is not standardised).
+pub struct TrainedBank {
+    pub bank: MemoryBank,
+    pub mean: Tensor,
+    pub std: Tensor,
+}
+
+/// Builds a memory bank from per-image patch features `[h, w, C]`: optional per-channel
+/// standardisation, local averaging, greedy k-center coreset on a random projection.
+pub fn build_bank(
+    raw: Vec<Tensor>,
+    cfg: &BankConfig,
+    device: &Device,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<(TrainedBank, BankReport)> {
+    let first = raw.first().ok_or_else(|| crate::error::Error::Data("no training images for the memory bank".into()))?;
+    let c = first.dim(D::Minus1)?;
+    let (bm, bs) = if cfg.standardise {
+        crate::models::features::channel_stats(&raw.iter().collect::<Vec<_>>())?
+    } else {
+        (Tensor::zeros(c, DType::F32, first.device())?, Tensor::ones(c, DType::F32, first.device())?)
+    };
+    let mut patches = Vec::with_capacity(raw.len());
+    for chunk in raw.chunks(16) {
+        cancel.check()?;
+        let b = Tensor::stack(chunk, 0)?.broadcast_sub(&bm)?.broadcast_div(&bs)?;
+        let b = local_average(&b, cfg.neighbourhood)?;
+        patches.push(b.reshape(((), c))?.to_device(&Device::Cpu)?);
+    }
+    drop(raw);
+    let all = Tensor::cat(&patches, 0)?;
+    drop(patches);
+    let (n, dim) = all.dims2()?;
+    let k = ((n as f64 * cfg.coreset_ratio).ceil() as usize).clamp(1, cfg.max_bank.max(1)).min(n);
+    let tc = std::time::Instant::now();
+    let flat = all.flatten_all()?.to_vec1::<f32>()?;
+    let picked = greedy_coreset(&flat, n, dim, k, 0, cfg.projection, cfg.seed, progress, cancel)?;
+    drop(flat);
+    let idx = Tensor::from_vec(picked.iter().map(|&i| i as u32).collect::<Vec<_>>(), picked.len(), &Device::Cpu)?;
+    let bank = MemoryBank::new(all.index_select(&idx, 0)?.to_device(device)?)?;
+    let report = BankReport {
+        patches: n,
+        rows: bank.len(),
+        dim,
+        megabytes: bank.bytes() as f64 / (1024.0 * 1024.0),
+        coreset_seconds: tc.elapsed().as_secs_f64(),
+    };
+    progress.report(Progress::Info(format!(
+        "memory bank: {} of {n} patches ({:.1} MB) in {:.1} s",
+        report.rows, report.megabytes, report.coreset_seconds
+    )));
+    Ok((TrainedBank { bank, mean: bm.to_device(device)?, std: bs.to_device(device)? }, report))
+}
+
+impl TrainedBank {
+    /// The bank and its statistics as model-file tensors (`memory.bank`, `.mean`, `.std`).
+    pub fn tensors(bank: &MemoryBank, mean: &Tensor, std: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![
+            ("memory.bank".to_string(), bank.bank.to_device(&Device::Cpu)?),
+            ("memory.mean".to_string(), mean.to_device(&Device::Cpu)?),
+            ("memory.std".to_string(), std.to_device(&Device::Cpu)?),
+        ])
+    }
+
+    /// The bank stored in a model file, refused unless its rows have `dim` values.
+    pub fn load(st: &crate::models::StoredTensors, dim: usize) -> Result<Self> {
+        let bank = st.get("memory.bank")?;
+        if !matches!(bank.dims(), &[_, d] if d == dim) {
+            return Err(st.bad(format!("memory bank has shape {:?}, expected [rows, {dim}]", bank.dims())));
+        }
+        Ok(Self { bank: MemoryBank::new(bank)?, mean: st.get("memory.mean")?, std: st.get("memory.std")? })
+    }
 }
 
 /// A bank of vectors `[K, D]` with their squared norms, searched by nearest neighbour.

@@ -1,4 +1,9 @@
 //! The networks trained on good images and the detectors built from them.
+//!
+//! One file per method (`nfbmr`, `memflow`, `patchcore`), each with a config struct, a
+//! `train` and an `untrained` constructor and an [`AnomalyModel`] implementation; what
+//! the methods share (scores, calibration, the training report) is in [`scoring`], the
+//! memory bank and its coreset in [`memory`]. `crate::detector` lists the methods.
 pub mod bmr;
 pub mod features;
 pub mod flow;
@@ -6,5 +11,90 @@ pub mod global;
 pub mod memflow;
 pub mod memory;
 pub mod nfbmr;
+pub mod patchcore;
 pub mod region;
+pub mod scoring;
 pub mod training;
+
+use crate::backbone::EfficientNet;
+use crate::error::{Error, Result};
+use crate::progress::CancelToken;
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use features::{FeatureTap, ImageFeatures};
+use scoring::{Calibration, ScoreKind, Scored};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What the detector, the CLI and the GUI need of a trained method.
+pub trait AnomalyModel: Send + Sync {
+    fn backbone(&self) -> &EfficientNet;
+    fn tap(&self) -> &FeatureTap;
+    fn calibration(&self) -> &Calibration;
+    /// Scores images whose features are already extracted.
+    fn score_features(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>>;
+    /// Seconds per stage for one batch of prepared inputs `[n, 3, s, s]`: backbone,
+    /// flow, map (BMR or memory-bank search), map smoothing (`flowspect bench`).
+    fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]>;
+    /// The name of the map stage in `flowspect bench`'s table.
+    fn map_stage_name(&self) -> &'static str;
+    /// The method's own tensors (not the backbone's), named as in the model file.
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>>;
+    /// Switches the image score; refuses a kind the model has no parts for.
+    fn set_score(&mut self, k: ScoreKind) -> Result<()>;
+    /// The method's configuration as it is now (after `set_score` and the like).
+    fn config(&self) -> crate::detector::DetectorConfig;
+    /// Re-weighs a region score in the map (only methods that have one).
+    fn set_region_weight(&mut self, _w: f32) -> Result<()> {
+        Err(Error::Config("only nf-bmr models have a region score".into()))
+    }
+    /// Size of the memory bank in bytes, for methods with one.
+    fn bank_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The tensors of a model file, read by a method's `load`: each missing or misshapen
+/// tensor is an error naming the file.
+pub struct StoredTensors<'a> {
+    pub path: &'a Path,
+    pub all: &'a HashMap<String, Tensor>,
+    pub device: &'a Device,
+}
+
+impl StoredTensors<'_> {
+    /// An error about this model file.
+    pub fn bad(&self, msg: impl Into<String>) -> Error {
+        Error::bad_file(self.path, msg)
+    }
+    /// The tensor `name`, on the model's device.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        Ok(self
+            .all
+            .get(name)
+            .ok_or_else(|| self.bad(format!("model file lacks tensor '{name}'")))?
+            .to_device(self.device)?)
+    }
+    /// Fills every variable of `vm` from the tensors `prefix.<name>`, checking shapes.
+    pub fn fill_varmap(&self, prefix: &str, vm: &VarMap) -> Result<()> {
+        let data = vm.data().lock().map_err(|_| Error::Data("weights lock poisoned".into()))?;
+        for (k, v) in data.iter() {
+            let name = format!("{prefix}.{k}");
+            let src = self.all.get(&name).ok_or_else(|| self.bad(format!("model file lacks tensor '{name}'")))?;
+            if src.dims() != v.dims() {
+                return Err(self.bad(format!("tensor '{name}' has shape {:?}, expected {:?}", src.dims(), v.dims())));
+            }
+            v.set(&src.to_device(v.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every variable of `vm` as `prefix.<name>`, on the CPU (saving).
+pub fn varmap_tensors(prefix: &str, vm: &VarMap, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+    let data = vm.data().lock().map_err(|_| Error::Data("weights lock poisoned".into()))?;
+    for (k, v) in data.iter() {
+        out.push((format!("{prefix}.{k}"), v.as_tensor().to_device(&Device::Cpu)?));
+    }
+    Ok(())
+}

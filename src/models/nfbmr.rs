@@ -31,8 +31,11 @@ use super::flow::{FlowConfig, RealNvp};
 use super::global::GlobalGaussian;
 use super::memory::MemoryBank;
 use super::region::{self, RegionConfig};
-use super::training::{self, History, OptimConfig};
+use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, check_global, image_score, loo_position_normalise, max_of, position_stats};
+use super::training::{self, OptimConfig};
 use crate::backbone::EfficientNet;
+use super::{AnomalyModel, StoredTensors, varmap_tensors};
+use crate::detector::DetectorConfig;
 use crate::error::{Error, Result};
 use crate::postprocess;
 use crate::progress::{CancelToken, Progress, ProgressSink};
@@ -41,43 +44,6 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScoreKind {
-    /// Maximum of the smoothed BMR anomaly map.
-    #[default]
-    MapMax,
-    /// Maximum of the smoothed flow negative log-likelihood map.
-    FlowNll,
-    /// Sum of both, each standardised on held-out good images.
-    Fused,
-    /// Distance of the image's pooled features to the good images' Gaussian.
-    Global,
-    /// The larger of the map maximum and the global distance, each standardised on
-    /// held-out good images: a defect needs to stand out in one of them.
-    MapGlobal,
-}
-
-impl ScoreKind {
-    /// Whether this score needs the pooled-feature Gaussian.
-    pub fn needs_global(self) -> bool {
-        matches!(self, Self::Global | Self::MapGlobal)
-    }
-}
-
-impl std::str::FromStr for ScoreKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "map-max" | "map" => Ok(Self::MapMax),
-            "flow-nll" | "flow" => Ok(Self::FlowNll),
-            "fused" => Ok(Self::Fused),
-            "global" => Ok(Self::Global),
-            "map-global" => Ok(Self::MapGlobal),
-            _ => Err(Error::Config(format!("unknown score '{s}' (map-max, flow-nll, fused, global, map-global)"))),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NfBmrConfig {
@@ -145,87 +111,6 @@ impl Default for NfBmrConfig {
     }
 }
 
-/// Statistics of held-out good images, for score fusion and default thresholds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    pub map_mean: f32,
-    pub map_std: f32,
-    pub flow_mean: f32,
-    pub flow_std: f32,
-    /// Image scores (of the configured kind) of the held-out good images.
-    pub val_scores: Vec<f32>,
-    /// 99.9th percentile of held-out good pixels' map values.
-    pub pixel_p999: f32,
-    /// Per-position mean and spread of the held-out good images' smoothed maps at the
-    /// input resolution (empty when position normalisation is off).
-    #[serde(default)]
-    pub position_mean: Vec<f32>,
-    #[serde(default)]
-    pub position_scale: Vec<f32>,
-    #[serde(default)]
-    pub flow_position_mean: Vec<f32>,
-    #[serde(default)]
-    pub flow_position_scale: Vec<f32>,
-    /// Mean and spread of the held-out good images' global distances (0 and 1 when the
-    /// model has no pooled stages).
-    #[serde(default)]
-    pub global_mean: f32,
-    #[serde(default)]
-    pub global_std: f32,
-    /// Pixel (mean, spread) of the held-out good images' BMR maps (after position
-    /// normalisation, leaving each image out of its own statistics) and region maps,
-    /// which standardise both before they are added ((0, 0) when not calibrated or
-    /// there is no region score).
-    #[serde(default)]
-    pub local_pixel: (f32, f32),
-    #[serde(default)]
-    pub region_pixel: (f32, f32),
-}
-
-/// One scored image.
-#[derive(Debug, Clone)]
-pub struct Scored {
-    pub path: PathBuf,
-    pub width: u32,
-    pub height: u32,
-    /// Smoothed anomaly map at the input resolution (`size x size`, row-major).
-    pub map: Vec<f32>,
-    /// The smoothed flow NLL map (kept only while calibrating; empty otherwise).
-    pub flow_map: Vec<f32>,
-    /// The smoothed region map (kept only while calibrating; empty otherwise).
-    pub region_map: Vec<f32>,
-    pub size: usize,
-    pub map_max: f32,
-    pub flow_max: f32,
-    /// Distance of the pooled features to the good images' Gaussian (NaN without one).
-    pub global: f32,
-    /// The image score of the model's configured kind.
-    pub score: f32,
-}
-
-impl Scored {
-    /// The map resized to the original image size.
-    pub fn map_at_original(&self) -> Vec<f32> {
-        postprocess::resize_bilinear(&self.map, self.size, self.size, self.width as usize, self.height as usize)
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TrainReport {
-    pub n_train: usize,
-    pub n_val: usize,
-    pub skipped: Vec<(PathBuf, String)>,
-    pub feature_seconds: f64,
-    pub flow: History,
-    pub bmr: History,
-    pub total_seconds: f64,
-    /// MemFlowNet: one flow per scale (`flow` is the first of them).
-    #[serde(default)]
-    pub flows: Vec<History>,
-    /// MemFlowNet: the memory bank.
-    #[serde(default)]
-    pub bank: Option<super::memflow::BankReport>,
-}
 
 pub struct NfBmr {
     pub cfg: NfBmrConfig,
@@ -243,16 +128,6 @@ pub struct NfBmr {
     pub calibration: Calibration,
 }
 
-/// Refuses a configuration whose image score needs pooled stages it does not have.
-pub(crate) fn check_global(tap: &FeatureTap, score: ScoreKind) -> Result<()> {
-    for &s in &tap.global_stages {
-        crate::backbone::config::check_stage(s)?;
-    }
-    if score.needs_global() && tap.global_stages.is_empty() {
-        return Err(Error::Config(format!("the {score:?} score needs pooled stages (global_stages), and none are configured")));
-    }
-    Ok(())
-}
 
 fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap, RealNvp, VarMap, Bmr)> {
     let fv = VarMap::new();
@@ -466,6 +341,7 @@ impl NfBmr {
             total_seconds: t0.elapsed().as_secs_f64(),
             flows: Vec::new(),
             bank: None,
+            peak_rss_mb: None,
         };
         Ok((model, report))
     }
@@ -573,190 +449,93 @@ impl NfBmr {
 
 }
 
-/// The default accept/reject threshold: mean + 3 standard deviations of the held-out
-/// good images' scores.
-pub fn default_threshold(cal: &Calibration) -> f32 {
-    let v = &cal.val_scores;
-    if v.is_empty() {
-        return f32::INFINITY;
-    }
-    let m = v.iter().sum::<f32>() / v.len() as f32;
-    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
-    m + 3.0 * sd
-}
 
-/// Per-position mean, and a scale that blends the per-position and the global
-/// standard deviation (a few dozen images give a noisy per-position estimate).
-pub(crate) fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
-    let maps: Vec<&Vec<f32>> = maps.collect();
-    let Some(first) = maps.first() else { return (Vec::new(), Vec::new()) };
-    let n = maps.len() as f32;
-    let len = first.len();
-    let mut mean = vec![0f32; len];
-    for m in &maps {
-        for (a, v) in mean.iter_mut().zip(m.iter()) {
-            *a += v / n;
+impl NfBmr {
+    /// The model stored in a model file (the backbone already loaded).
+    pub fn load(backbone: EfficientNet, cfg: &NfBmrConfig, calibration: &Calibration, st: &StoredTensors) -> Result<Self> {
+        let mean = st.get("norm.mean")?;
+        let std = st.get("norm.std")?;
+        let mut model = NfBmr::untrained(backbone, cfg.clone(), mean.dim(0)?)?;
+        st.fill_varmap("flow", &model.flow_vars)?;
+        st.fill_varmap("bmr", &model.bmr_vars)?;
+        model.mean = mean;
+        model.std = std;
+        if !cfg.tap.global_stages.is_empty() {
+            model.global = Some(GlobalGaussian::from_tensors("global", &cfg.tap.global_stages, st.all, |n| {
+                st.bad(format!("model file lacks tensor '{n}'"))
+            })?);
         }
-    }
-    let mut var = vec![0f32; len];
-    for m in &maps {
-        for ((a, v), mu) in var.iter_mut().zip(m.iter()).zip(&mean) {
-            *a += (v - mu).powi(2) / n;
-        }
-    }
-    let global = var.iter().sum::<f32>() / len as f32;
-    let scale = var.iter().map(|v| (0.5 * v + 0.5 * global).sqrt().max(1e-6)).collect();
-    (mean, scale)
-}
-
-/// Each map after position normalisation ([`position_stats`]) with the statistics of
-/// all the other maps (leave one out); fewer than three maps come back as they are.
-pub(crate) fn loo_position_normalise(maps: &[&[f32]]) -> Vec<Vec<f32>> {
-    let n = maps.len();
-    if n < 3 {
-        return maps.iter().map(|m| m.to_vec()).collect();
-    }
-    let len = maps[0].len();
-    let (mut s1, mut s2) = (vec![0f64; len], vec![0f64; len]);
-    for m in maps {
-        for ((a, b), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(m.iter()) {
-            *a += v as f64;
-            *b += (v as f64) * (v as f64);
-        }
-    }
-    let k = (n - 1) as f64;
-    maps.iter()
-        .map(|m| {
-            let stats: Vec<(f64, f64)> = m
-                .iter()
-                .enumerate()
-                .map(|(p, &v)| {
-                    let mean = (s1[p] - v as f64) / k;
-                    let var = ((s2[p] - (v as f64).powi(2)) / k - mean * mean).max(0.0);
-                    (mean, var)
-                })
-                .collect();
-            let global = stats.iter().map(|s| s.1).sum::<f64>() / len as f64;
-            m.iter()
-                .zip(&stats)
-                .map(|(&v, &(mean, var))| ((v as f64 - mean) / (0.5 * var + 0.5 * global).sqrt().max(1e-6)) as f32)
-                .collect()
-        })
-        .collect()
-}
-
-/// The largest value (negative infinity for none).
-pub(crate) fn max_of(v: &[f32]) -> f32 {
-    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-}
-
-fn mean_std(v: &[f32]) -> (f32, f32) {
-    let n = v.len().max(1) as f32;
-    let m = v.iter().sum::<f32>() / n;
-    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / n).sqrt();
-    (m, sd.max(1e-6))
-}
-
-/// The image score of `kind` from an image's parts (map maximum, flow maximum, global
-/// distance) and the held-out good images' statistics.
-pub fn image_score(kind: ScoreKind, s: &Scored, cal: &Calibration) -> f32 {
-    let z_map = (s.map_max - cal.map_mean) / cal.map_std.max(1e-6);
-    let z_global = (s.global - cal.global_mean) / cal.global_std.max(1e-6);
-    match kind {
-        ScoreKind::MapMax => s.map_max,
-        ScoreKind::FlowNll => s.flow_max,
-        ScoreKind::Fused => z_map + (s.flow_max - cal.flow_mean) / cal.flow_std.max(1e-6),
-        ScoreKind::Global => s.global,
-        // `f32::max` would drop a NaN part: without a global distance there is no score.
-        ScoreKind::MapGlobal if z_global.is_nan() => f32::NAN,
-        ScoreKind::MapGlobal => z_map.max(z_global),
-    }
-}
-
-/// Score statistics of held-out good images; the per-position statistics are taken
-/// from `positions` (computed beforehand from the raw maps).
-pub(crate) fn calibrate(scored: &[Scored], kind: ScoreKind, positions: Calibration) -> Calibration {
-    let maps: Vec<f32> = scored.iter().map(|s| s.map_max).collect();
-    let flows: Vec<f32> = scored.iter().map(|s| s.flow_max).collect();
-    let (map_mean, map_std) = mean_std(&maps);
-    let (flow_mean, flow_std) = mean_std(&flows);
-    let globals: Vec<f32> = scored.iter().map(|s| s.global).filter(|g| g.is_finite()).collect();
-    let (global_mean, global_std) = if globals.is_empty() { (0.0, 1.0) } else { mean_std(&globals) };
-    let mut c = Calibration {
-        map_mean,
-        map_std,
-        flow_mean,
-        flow_std,
-        global_mean,
-        global_std,
-        val_scores: Vec::new(),
-        pixel_p999: 0.0,
-        position_mean: positions.position_mean,
-        position_scale: positions.position_scale,
-        flow_position_mean: positions.flow_position_mean,
-        flow_position_scale: positions.flow_position_scale,
-        local_pixel: positions.local_pixel,
-        region_pixel: positions.region_pixel,
-    };
-    c.val_scores = scored.iter().map(|s| image_score(kind, s, &c)).collect();
-    let mut px: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().step_by(7).copied()).collect();
-    px.sort_by(f32::total_cmp);
-    if !px.is_empty() {
-        c.pixel_p999 = px[((px.len() as f64 * 0.999) as usize).min(px.len() - 1)];
-    }
-    c
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-
-    #[test]
-    fn leave_one_out_maxima_equal_statistics_of_the_other_maps() {
-        let mut rng = Rng::new(11);
-        let maps: Vec<Vec<f32>> = (0..7).map(|i| (0..50).map(|p| (p % 5) as f32 + i as f32 * 0.1 + rng.normal() as f32).collect()).collect();
-        let refs: Vec<&[f32]> = maps.iter().map(|m| m.as_slice()).collect();
-        let loo: Vec<f32> = loo_position_normalise(&refs).iter().map(|m| max_of(m)).collect();
-        for i in 0..maps.len() {
-            let others = maps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| m);
-            let (mean, scale) = position_stats(others);
-            let direct = maps[i].iter().zip(&mean).zip(&scale).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
-            assert!((loo[i] - direct).abs() < 1e-4 * direct.abs().max(1.0), "{i}: {} vs {direct}", loo[i]);
-            // An image inside its own statistics looks more normal than outside them.
-            let (mean, scale) = position_stats(maps.iter());
-            let inside = maps[i].iter().zip(&mean).zip(&scale).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
-            assert!(inside < loo[i], "{i}: {inside} vs {}", loo[i]);
-        }
-    }
-
-    #[test]
-    fn map_global_takes_the_larger_standardised_part() {
-        let cal = Calibration { map_mean: 2.0, map_std: 0.5, global_mean: 10.0, global_std: 5.0, ..Default::default() };
-        let s = |m: f32, g: f32| Scored {
-            path: PathBuf::new(),
-            width: 1,
-            height: 1,
-            map: vec![],
-            flow_map: vec![],
-            region_map: vec![],
-            size: 1,
-            map_max: m,
-            flow_max: 0.0,
-            global: g,
-            score: 0.0,
+        model.region = if cfg.region.enabled() {
+            let bank = st.get("region.bank")?;
+            let dim = model.mean.dim(0)?;
+            let ok = matches!(bank.dims(), &[n, d] if n > 0 && n <= cfg.region.bank_size && d == dim);
+            if !ok {
+                return Err(st.bad(format!("region bank has shape {:?}, expected [1..={}, {dim}]", bank.dims(), cfg.region.bank_size)));
+            }
+            Some(MemoryBank::new(bank)?)
+        } else {
+            None
         };
-        assert_eq!(image_score(ScoreKind::MapGlobal, &s(3.0, 10.0), &cal), 2.0);
-        assert_eq!(image_score(ScoreKind::MapGlobal, &s(2.0, 25.0), &cal), 3.0);
-        assert_eq!(image_score(ScoreKind::Global, &s(2.0, 25.0), &cal), 25.0);
-        // A model without the Gaussian has no map-global score (the evaluation then
-        // reports no AUROC for it instead of the map's).
-        assert!(image_score(ScoreKind::MapGlobal, &s(3.0, f32::NAN), &cal).is_nan());
-        assert!(ScoreKind::MapGlobal.needs_global() && !ScoreKind::Fused.needs_global());
-        let tap = FeatureTap::new(64, vec![5]);
-        assert!(check_global(&tap, ScoreKind::MapGlobal).is_err());
-        assert!(check_global(&tap, ScoreKind::MapMax).is_ok());
-        let tap = FeatureTap { global_stages: vec![8], ..tap };
-        assert!(check_global(&tap, ScoreKind::MapMax).is_err());
+        model.calibration = calibration.clone();
+        Ok(model)
+    }
+}
+
+impl AnomalyModel for NfBmr {
+    fn backbone(&self) -> &EfficientNet {
+        &self.backbone
+    }
+    fn tap(&self) -> &FeatureTap {
+        &self.cfg.tap
+    }
+    fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+    fn score_features(&self, feats: &[&ImageFeatures], _cancel: &CancelToken) -> Result<Vec<Scored>> {
+        NfBmr::score_features(self, feats)
+    }
+    fn timed_stages(&self, x: &Tensor) -> Result<[f64; 4]> {
+        NfBmr::timed_stages(self, x)
+    }
+    fn map_stage_name(&self) -> &'static str {
+        if self.region.is_some() { "bmr+reg" } else { "bmr" }
+    }
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut t = vec![
+            ("norm.mean".to_string(), self.mean.to_device(&Device::Cpu)?),
+            ("norm.std".to_string(), self.std.to_device(&Device::Cpu)?),
+        ];
+        varmap_tensors("flow", &self.flow_vars, &mut t)?;
+        varmap_tensors("bmr", &self.bmr_vars, &mut t)?;
+        if let Some(g) = &self.global {
+            t.extend(g.tensors("global")?);
+        }
+        if let Some(r) = &self.region {
+            t.push(("region.bank".into(), r.bank.to_device(&Device::Cpu)?));
+        }
+        Ok(t)
+    }
+    fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        if k.needs_global() && self.global.is_none() {
+            return Err(Error::Config(format!(
+                "this model has no pooled-feature Gaussian, so it cannot give the {k:?} score (train it with global stages)"
+            )));
+        }
+        self.cfg.score = k;
+        Ok(())
+    }
+    fn config(&self) -> DetectorConfig {
+        DetectorConfig::NfBmr(self.cfg.clone())
+    }
+    /// 0 gives the BMR map alone, standardised. For comparisons: the pixel threshold
+    /// stays the one calibrated with the trained weight.
+    fn set_region_weight(&mut self, w: f32) -> Result<()> {
+        if self.region.is_none() {
+            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
+        }
+        let region = RegionConfig { weight: w, ..self.cfg.region };
+        region.check()?;
+        self.cfg.region = region;
+        Ok(())
     }
 }

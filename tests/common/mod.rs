@@ -19,6 +19,13 @@ pub fn magnetic_tile() -> PathBuf {
     p
 }
 
+/// The second real set: electroluminescence images of solar cells, image labels only.
+pub fn elpv_poly() -> PathBuf {
+    let p = root().join("../shared/data/elpv_poly");
+    assert!(p.join("train/good").is_dir(), "real test data missing: {} (see ../shared/README.md)", p.display());
+    p
+}
+
 /// A fresh scratch folder, removed when the returned guard is dropped.
 pub fn tempdir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("flowspect-test-{name}-")).tempdir().unwrap()
