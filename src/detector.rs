@@ -269,8 +269,7 @@ pub fn fingerprint(tensors: &HashMap<String, Tensor>) -> Result<String> {
 }
 
 impl Detector {
-    /// Trains a detector on good images.
-    /// Trains a detector of the method `cfg` configures.
+    /// Trains a detector of the method `cfg` configures on good images.
     pub fn train(
         backbone: EfficientNet,
         backbone_source: &Path,

@@ -125,10 +125,13 @@ fn nf_bmr_detects_real_solar_cell_defects() {
 
 const MEMFLOW_IMAGE_FLOOR: f64 = 0.76;
 const MEMFLOW_PIXEL_FLOOR: f64 = 0.70;
-// Measured when written (2026-12-02): see the README's Results.
-const PATCHCORE_PIXEL_FLOOR: f64 = 0.74;
-const PATCHCORE_AUPRO_FLOOR: f64 = 0.68;
-const ELPV_IMAGE_FLOOR: f64 = 0.70;
+// Measured on these subsets when written (2026-12-02, with `flowspect train --limit 160`
+// and `eval --limit 200`, which pick the same images): PatchCore pixel AUROC 0.758, AUPRO
+// 0.739 (blowhole 0.996, break 0.951, crack 0.866, fray 0.968); NF-BMR with 6 epochs on
+// elpv_poly image AUROC 0.842.
+const PATCHCORE_PIXEL_FLOOR: f64 = 0.73;
+const PATCHCORE_AUPRO_FLOOR: f64 = 0.70;
+const ELPV_IMAGE_FLOOR: f64 = 0.80;
 
 // Floors a few points under what this subset measured (image 0.764 and pixel 0.700 on
 // 2026-11-22 with the map maximum as image score; image 0.853 and pixel 0.696 on
