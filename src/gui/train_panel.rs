@@ -53,9 +53,12 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
             let l = ui.label("Input size (px)");
             ui.add(egui::DragValue::new(&mut s.image_size).range(64..=1024).speed(16)).labelled_by(l.id);
             ui.end_row();
-            let l = ui.label("Epochs per stage");
-            ui.add(egui::DragValue::new(&mut s.epochs).range(1..=200)).labelled_by(l.id);
-            ui.end_row();
+            // PatchCore trains no network: no epochs to set.
+            if s.method != Method::PatchCore {
+                let l = ui.label("Epochs per stage");
+                ui.add(egui::DragValue::new(&mut s.epochs).range(1..=200)).labelled_by(l.id);
+                ui.end_row();
+            }
             let l = ui.label("Device");
             egui::ComboBox::from_id_salt("device")
                 .selected_text(s.device.to_string())
