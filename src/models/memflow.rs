@@ -30,7 +30,7 @@
 //!   use one of them alone.
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, local_average};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use super::{AnomalyModel, StoredTensors, varmap_tensors};
@@ -367,11 +367,7 @@ impl MemFlow {
 
     /// `[n, h, w, C]` features -> `[n, h, w]` distance to the nearest bank patch (on the CPU).
     fn memory_distances(&self, f: &Tensor, bsl: &[Slice]) -> Result<Tensor> {
-        let b = bank_features(f, bsl)?.broadcast_sub(&self.bank_mean)?.broadcast_div(&self.bank_std)?;
-        let b = local_average(&b, self.cfg.neighbourhood)?;
-        let (n, h, w, c) = b.dims4()?;
-        let dist = self.bank.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
-        Ok(dist.to_device(&Device::Cpu)?)
+        self.bank.patch_distances(&bank_features(f, bsl)?, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)
     }
 
     /// Per flow stage: `[n, hs, ws]` negative log-likelihoods (on the CPU) and `hs`.

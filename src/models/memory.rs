@@ -111,6 +111,13 @@ pub struct BankReport {
     pub coreset_seconds: f64,
 }
 
+/// `[B, h, w, C]` features as a bank holds them: standardised with `mean` and `std`, then
+/// averaged over their `k x k` neighbourhood. Training patches and queries both go
+/// through it.
+pub fn patch_features(f: &Tensor, mean: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
+    local_average(&f.broadcast_sub(mean)?.broadcast_div(std)?, k)
+}
+
 /// How a memory bank is built from training patches.
 #[derive(Debug, Clone)]
 pub struct BankConfig {
@@ -154,8 +161,7 @@ pub fn build_bank(
     let mut patches = Vec::with_capacity(raw.len());
     for chunk in raw.chunks(16) {
         cancel.check()?;
-        let b = Tensor::stack(chunk, 0)?.broadcast_sub(&bm)?.broadcast_div(&bs)?;
-        let b = local_average(&b, cfg.neighbourhood)?;
+        let b = patch_features(&Tensor::stack(chunk, 0)?, &bm, &bs, cfg.neighbourhood)?;
         patches.push(b.reshape(((), c))?.to_device(&Device::Cpu)?);
     }
     drop(raw);
@@ -238,6 +244,15 @@ impl MemoryBank {
     /// Size of the bank in bytes.
     pub fn bytes(&self) -> usize {
         self.bank.elem_count() * 4
+    }
+
+    /// `[n, h, w, C]` raw patch features -> `[n, h, w]` distance of each (standardised and
+    /// locally averaged as [`patch_features`]) to its nearest bank row, on the CPU.
+    pub fn patch_distances(&self, f: &Tensor, mean: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
+        let b = patch_features(f, mean, std, k)?;
+        let (n, h, w, c) = b.dims4()?;
+        let dist = self.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
+        Ok(dist.to_device(&Device::Cpu)?)
     }
 
     /// Euclidean distance of each query row `[M, D]` to its nearest bank row: `[M]`,

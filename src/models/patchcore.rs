@@ -16,7 +16,7 @@
 //! mirrored at the border instead of zero-padded; the image score is the maximum of the
 //! smoothed map rather than the re-weighted maximum patch distance.
 use super::features::{self, FeatureTap, ImageFeatures};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, local_average};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, max_of};
 use super::{AnomalyModel, StoredTensors};
 use crate::backbone::EfficientNet;
@@ -24,7 +24,7 @@ use crate::detector::DetectorConfig;
 use crate::error::{Error, Result};
 use crate::postprocess;
 use crate::progress::{CancelToken, Progress, ProgressSink};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -149,11 +149,7 @@ impl PatchCore {
 
     /// `[n, h, w, C]` features -> `[n, h, w]` distance to the nearest bank patch (on the CPU).
     fn distances(&self, f: &Tensor) -> Result<Tensor> {
-        let b = f.broadcast_sub(&self.bank_mean)?.broadcast_div(&self.bank_std)?;
-        let b = local_average(&b, self.cfg.neighbourhood)?;
-        let (n, h, w, c) = b.dims4()?;
-        let dist = self.bank.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
-        Ok(dist.to_device(&Device::Cpu)?)
+        self.bank.patch_distances(f, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)
     }
 
     fn smooth(&self, m: &[f32], grid: usize) -> Vec<f32> {
@@ -252,6 +248,7 @@ impl AnomalyModel for PatchCore {
 mod tests {
     use super::*;
     use crate::backbone::{self, BackboneMode};
+    use candle_core::Device;
 
     /// A bank of constant features: a test patch equal to them has distance 0, one that
     /// differs by `d` in every channel has distance `d * sqrt(C)` after local averaging
