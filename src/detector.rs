@@ -346,6 +346,12 @@ impl Detector {
         Ok((scored, skipped))
     }
 
+    /// Scores images already decoded (in the order given).
+    pub fn score_images(&self, images: &[(PathBuf, image::DynamicImage)]) -> Result<Vec<Scored>> {
+        let f = features::extract_images(self.model.backbone(), self.model.tap(), images)?;
+        self.model.score_features(&f.iter().collect::<Vec<_>>(), &CancelToken::new())
+    }
+
     pub fn image_size(&self) -> usize {
         self.meta.config.tap().image_size
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fsutil;
 pub mod inspection;
+pub mod line;
 pub mod metrics;
 pub mod models;
 pub mod postprocess;

@@ -193,25 +193,42 @@ pub fn extract_paths(
                 }
             }
         }
-        for group in ok.chunks(forward_batch(net.device())) {
-            let inputs: Vec<&[f32]> = group.iter().map(|(_, v)| v.2.as_slice()).collect();
-            let x = image_io::batch_tensor(&inputs, tap.image_size, net.device())?;
-            let (f, pooled) = extract_full(net, tap, &x)?;
-            let pooled: Vec<Vec<Vec<f32>>> = pooled.iter().map(|t| t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
-            for (i, (p, (w, h, _))) in group.iter().enumerate() {
-                out.push(ImageFeatures {
-                    path: p.clone(),
-                    width: *w,
-                    height: *h,
-                    features: f.get(i)?,
-                    global: pooled.iter().map(|st| st[i].clone()).collect(),
-                });
-            }
-        }
+        out.extend(extract_prepared(net, tap, &ok)?);
         done += chunk.len();
         progress.report(Progress::Step { done });
     }
     Ok((out, skipped))
+}
+
+/// Features of images already decoded (line mode reads, hashes and decodes each file
+/// once): the same resize, normalisation and forward passes as [`extract_paths`].
+pub fn extract_images(net: &EfficientNet, tap: &FeatureTap, images: &[(PathBuf, image::DynamicImage)]) -> Result<Vec<ImageFeatures>> {
+    let norm = net.config().normalization;
+    let prepared: Vec<(PathBuf, (u32, u32, Vec<f32>))> = images
+        .par_iter()
+        .map(|(p, img)| (p.clone(), (img.width(), img.height(), image_io::to_input(img, tap.image_size, &norm))))
+        .collect();
+    extract_prepared(net, tap, &prepared)
+}
+
+fn extract_prepared(net: &EfficientNet, tap: &FeatureTap, ok: &[(PathBuf, (u32, u32, Vec<f32>))]) -> Result<Vec<ImageFeatures>> {
+    let mut out = Vec::with_capacity(ok.len());
+    for group in ok.chunks(forward_batch(net.device())) {
+        let inputs: Vec<&[f32]> = group.iter().map(|(_, v)| v.2.as_slice()).collect();
+        let x = image_io::batch_tensor(&inputs, tap.image_size, net.device())?;
+        let (f, pooled) = extract_full(net, tap, &x)?;
+        let pooled: Vec<Vec<Vec<f32>>> = pooled.iter().map(|t| t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()).collect::<candle_core::Result<_>>()?;
+        for (i, (p, (w, h, _))) in group.iter().enumerate() {
+            out.push(ImageFeatures {
+                path: p.clone(),
+                width: *w,
+                height: *h,
+                features: f.get(i)?,
+                global: pooled.iter().map(|st| st[i].clone()).collect(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Features of the training images: unreadable files are skipped (and reported);
