@@ -5,6 +5,7 @@ mod import;
 mod inspect;
 mod progress;
 mod report;
+mod watch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train and evaluate each method on each labelled set; one table (Markdown and JSON).
     Benchmark(benchmark::BenchmarkArgs),
+    /// Line mode: inspect images as they arrive in a folder, one row per image in an SQLite log.
+    Watch(watch::WatchArgs),
+    /// Query the inspection log written by `watch` (print, filter, CSV).
+    Log(watch::LogArgs),
     /// Print the top ImageNet classes of a photo (checks a backbone file).
     Classify(import::ClassifyArgs),
 }
@@ -52,7 +57,7 @@ pub struct GuiArgs {
     /// Score the test folder as soon as the model is open.
     #[arg(long)]
     pub score: bool,
-    /// Tab to show: data, train, threshold or review.
+    /// Tab to show: data, train, threshold, review or inspect.
     #[arg(long)]
     pub tab: Option<String>,
     /// Select this test image (0-based index in the folder's order) once scored.
@@ -70,6 +75,12 @@ pub struct GuiArgs {
     /// Start training on the training folder right away.
     #[arg(long)]
     pub start_training: bool,
+    /// Folder for the Inspect tab (line mode) to watch.
+    #[arg(long)]
+    pub inspect: Option<std::path::PathBuf>,
+    /// Start inspecting that folder right away (with --model, or the remembered model).
+    #[arg(long, requires = "inspect")]
+    pub start_inspect: bool,
 }
 
 impl GuiArgs {
@@ -83,6 +94,7 @@ impl GuiArgs {
                 "train" => Tab::Train,
                 "threshold" => Tab::Threshold,
                 "review" => Tab::Review,
+                "inspect" => Tab::Inspect,
                 _ => Tab::Data,
             }),
             score: self.score,
@@ -91,6 +103,8 @@ impl GuiArgs {
             image_size: self.image_size,
             max_images: self.max_images,
             train_now: self.start_training,
+            inspect_dir: self.inspect.clone(),
+            inspect_now: self.start_inspect,
         }
     }
 }
@@ -108,5 +122,7 @@ pub fn run() -> Result<()> {
         Some(Command::Report(a)) => report::report(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),
+        Some(Command::Watch(a)) => watch::watch(a),
+        Some(Command::Log(a)) => watch::log(a),
     }
 }
