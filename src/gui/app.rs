@@ -5,7 +5,8 @@ use super::loader::{FullRequest, Loaded, Loader};
 use super::review::ReviewView;
 use super::state::{Entry, Job, ModelInfo, Settings, Tab};
 use super::worker::{Command, Event, Worker};
-use super::{data_panel, review, threshold_panel, train_panel};
+use super::inspect_panel::InspectState;
+use super::{data_panel, inspect_panel, review, threshold_panel, train_panel};
 use flowspect::data;
 use flowspect::progress::Progress;
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,10 @@ pub struct Startup {
     pub max_images: Option<usize>,
     /// Start training right away.
     pub train_now: bool,
+    /// Folder for the Inspect tab.
+    pub inspect_dir: Option<PathBuf>,
+    /// Start inspecting it right away.
+    pub inspect_now: bool,
 }
 
 pub struct App {
@@ -51,13 +56,15 @@ pub struct App {
     pub thumbs_requested: HashSet<usize>,
     pub view: Option<ReviewView>,
     pub roc_drag: Option<bool>,
+    /// The Inspect tab: the running line, its latest parts and counts.
+    pub inspect: InspectState,
     pub startup: Startup,
     pub(super) worker: Worker,
     pub(super) loader: Loader,
     pub(super) dialogs: Dialogs,
     /// Score the test folder once the current job ends (startup with `--score`).
     pending_score: bool,
-    ctx: egui::Context,
+    pub(super) ctx: egui::Context,
 }
 
 impl App {
@@ -85,6 +92,7 @@ impl App {
             thumbs_requested: HashSet::new(),
             view: None,
             roc_drag: None,
+            inspect: InspectState::default(),
             worker: Worker::spawn(ctx.clone()),
             loader: Loader::spawn(ctx.clone(), 2),
             dialogs: Dialogs::new(ctx.clone()),
@@ -127,6 +135,16 @@ impl App {
         }
         if startup.train_now {
             app.start_training();
+        }
+        if let Some(d) = &startup.inspect_dir {
+            app.settings.inspect.input = d.display().to_string();
+            if let Some(m) = &startup.model {
+                app.settings.inspect.model = m.display().to_string();
+            }
+            if startup.inspect_now {
+                app.settings.tab = Tab::Inspect;
+                app.start_inspecting();
+            }
         }
         app
     }
@@ -323,6 +341,10 @@ impl App {
         while let Some((target, path)) = self.dialogs.poll() {
             self.on_dialog(target, path);
         }
+        let line: Vec<_> = self.inspect.run.as_ref().map(|r| r.rx.try_iter().collect()).unwrap_or_default();
+        for ev in line {
+            self.on_line_event(ev);
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -501,6 +523,9 @@ impl App {
                 self.settings.report_dir = path.display().to_string();
                 self.export_report();
             }
+            DialogTarget::InspectModel => self.settings.inspect.model = path.display().to_string(),
+            DialogTarget::InspectDir => self.settings.inspect.input = path.display().to_string(),
+            DialogTarget::InspectSortDir => self.settings.inspect.sort = path.display().to_string(),
         }
     }
 
@@ -520,9 +545,9 @@ impl App {
     }
 
     fn top_bar(&mut self, ui: &mut egui::Ui) {
-        // Ctrl+1..4 switch tabs.
-        let tabs = [Tab::Data, Tab::Train, Tab::Threshold, Tab::Review];
-        let keys = [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4];
+        // Ctrl+1..5 switch tabs.
+        let tabs = [Tab::Data, Tab::Train, Tab::Threshold, Tab::Review, Tab::Inspect];
+        let keys = [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4, egui::Key::Num5];
         for (k, t) in keys.into_iter().zip(tabs) {
             if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, k)) {
                 self.settings.tab = t;
@@ -536,6 +561,7 @@ impl App {
                 (Tab::Train, "Train"),
                 (Tab::Threshold, "Threshold"),
                 (Tab::Review, "Review"),
+                (Tab::Inspect, "Inspect"),
             ] {
                 ui.selectable_value(&mut self.settings.tab, tab, name)
                     .on_hover_text(format!("Ctrl+{}", tab as usize + 1));
@@ -650,6 +676,7 @@ impl eframe::App for App {
             Tab::Train => train_panel::train_ui(ui, self),
             Tab::Threshold => threshold_panel::threshold_ui(ui, self),
             Tab::Review => review::review_ui(ui, self),
+            Tab::Inspect => inspect_panel::inspect_ui(ui, self),
         });
         if let Some(i) = self.startup.select
             && self.entries.get(i).is_some_and(|e| e.result.is_some())

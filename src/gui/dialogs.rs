@@ -15,6 +15,9 @@ pub enum DialogTarget {
     OpenModel,
     SaveModel,
     ReportDir,
+    InspectModel,
+    InspectDir,
+    InspectSortDir,
 }
 
 pub struct Dialogs {
@@ -42,9 +45,13 @@ impl Dialogs {
                 d = d.set_directory(if s.is_dir() { s.clone() } else { s.parent().map(|p| p.to_path_buf()).unwrap_or(s) });
             }
             let picked = match target {
-                DialogTarget::TrainDir | DialogTarget::TestDir | DialogTarget::ReportDir => d.pick_folder(),
+                DialogTarget::TrainDir
+                | DialogTarget::TestDir
+                | DialogTarget::ReportDir
+                | DialogTarget::InspectDir
+                | DialogTarget::InspectSortDir => d.pick_folder(),
                 DialogTarget::Backbone => d.add_filter("weights", &["safetensors", "pth", "pt"]).pick_file(),
-                DialogTarget::OpenModel => d.add_filter("flowspect model", &["fsm", "safetensors"]).pick_file(),
+                DialogTarget::OpenModel | DialogTarget::InspectModel => d.add_filter("flowspect model", &["fsm", "safetensors"]).pick_file(),
                 DialogTarget::SaveModel => d
                     .add_filter("flowspect model", &["fsm"])
                     .set_file_name("model.fsm")

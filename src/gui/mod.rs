@@ -3,10 +3,13 @@
 //!
 //! One file a piece: `app` (state, polling, frame loop), `worker` (training, scoring,
 //! model files), `loader` (image decoding), `dialogs` (native file dialogs), and one
-//! file per tab: `data_panel`, `train_panel`, `threshold_panel`, `review`.
+//! file per tab: `data_panel`, `train_panel`, `threshold_panel`, `review`, `inspect_panel`
+//! (line mode; its engine thread is `inspect_worker`).
 mod app;
 mod data_panel;
 mod dialogs;
+mod inspect_panel;
+mod inspect_worker;
 mod loader;
 mod review;
 mod state;

@@ -15,6 +15,7 @@ pub enum Tab {
     Train,
     Threshold,
     Review,
+    Inspect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,52 @@ pub enum Colormap {
     Gray,
 }
 
+/// Rows the Inspect tab's log table shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFilter {
+    All,
+    Accept,
+    Review,
+    Reject,
+    Error,
+}
+
+impl LogFilter {
+    pub const ALL: [LogFilter; 5] = [LogFilter::All, LogFilter::Accept, LogFilter::Review, LogFilter::Reject, LogFilter::Error];
+
+    /// The verdict column's value, `None` for all rows.
+    pub fn verdict(self) -> Option<&'static str> {
+        match self {
+            LogFilter::All => None,
+            LogFilter::Accept => Some("accept"),
+            LogFilter::Review => Some("review"),
+            LogFilter::Reject => Some("reject"),
+            LogFilter::Error => Some("error"),
+        }
+    }
+}
+
+/// The Inspect tab's choices, remembered between runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InspectSettings {
+    /// The model file the line runs (empty: the app's model file).
+    pub model: String,
+    /// The folder the camera writes into.
+    pub input: String,
+    /// Sort images into accept/, review/, reject/ below this folder (empty: leave them).
+    pub sort: String,
+    /// Flash a reject alarm until acknowledged.
+    pub alarm: bool,
+    pub filter: LogFilter,
+}
+
+impl Default for InspectSettings {
+    fn default() -> Self {
+        Self { model: String::new(), input: String::new(), sort: String::new(), alarm: true, filter: LogFilter::All }
+    }
+}
+
 /// Everything remembered between runs (eframe storage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -70,6 +117,7 @@ pub struct Settings {
     pub verdict_filter: VerdictFilter,
     pub label_filter: LabelFilter,
     pub sort: SortBy,
+    pub inspect: InspectSettings,
 }
 
 /// The demo set shipped under `assets/demo` (source checkout), if present: what the
@@ -102,6 +150,7 @@ impl Default for Settings {
             verdict_filter: VerdictFilter::All,
             label_filter: LabelFilter::All,
             sort: SortBy::Name,
+            inspect: InspectSettings::default(),
         }
     }
 }

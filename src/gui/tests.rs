@@ -362,3 +362,100 @@ fn folders_thresholds_and_view_settings_persist() {
     assert_eq!(h2.state().settings.active_thresholds().reject_from, Some(4.5));
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A small PatchCore model (no network to train: seconds) saved to `dir`.
+fn tiny_patchcore(dir: &Path) -> PathBuf {
+    use flowspect::backbone::{self, BackboneMode};
+    let bb = backbone::default_backbone_path();
+    let net = backbone::load(&bb, &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
+    let files: Vec<PathBuf> = flowspect::data::list_images(&magnetic_tile().join("train/good")).unwrap().into_iter().take(8).collect();
+    let mut cfg = flowspect::models::patchcore::PatchCoreConfig::default();
+    cfg.tap.image_size = 64;
+    let det = flowspect::detector::Detector::train(
+        net,
+        &bb,
+        cfg,
+        &files,
+        &flowspect::progress::NoProgress,
+        &flowspect::progress::CancelToken::new(),
+    )
+    .unwrap();
+    let path = dir.join("line.fsm");
+    det.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn inspect_tab_follows_arriving_parts_and_stops() {
+    let dir = tempdir("inspect");
+    let model = tiny_patchcore(&dir);
+    let line = dir.join("line");
+    std::fs::create_dir_all(&line).unwrap();
+    let mut s = tiny_settings(&dir);
+    s.train_dir = String::new();
+    s.test_dir = String::new();
+    s.inspect.model = model.display().to_string();
+    s.inspect.input = line.display().to_string();
+    s.inspect.alarm = true;
+    let mut h = harness(s);
+    h.run_steps(2);
+    h.get_by_label("Inspect").click();
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(h.state().inspect.running(), "{:?}", h.state().errors);
+    wait_until(&mut h, 60, "the line to start", |a| a.inspect.started.is_some());
+
+    // Parts arrive: two good tiles, then a broken one, then a file that is not an image.
+    let mt = magnetic_tile().join("test");
+    let good: Vec<PathBuf> = flowspect::data::list_images(&mt.join("good")).unwrap().into_iter().take(2).collect();
+    let broken = flowspect::data::list_images(&mt.join("break")).unwrap()[0].clone();
+    for (i, p) in good.iter().enumerate() {
+        std::fs::copy(p, line.join(format!("part_{i}.jpg"))).unwrap();
+    }
+    wait_until(&mut h, 60, "two parts", |a| a.inspect.stats.tally.total() == 2);
+    h.run_steps(2);
+    let first = h.state().inspect.latest.as_ref().unwrap().0.clone();
+    assert!(first.verdict.is_some() && first.error.is_none(), "{first:?}");
+    assert!(h.state().inspect.latest.as_ref().unwrap().1.is_some(), "the latest part has its heatmap picture");
+    // The banner shows the latest verdict, the counts label the two parts.
+    let banner = first.verdict_text().to_uppercase();
+    h.get_by(|n| text_of(n).is_some_and(|l| l == banner));
+    assert_eq!(label_with(&h, "Parts:"), "Parts: 2");
+
+    std::fs::copy(&broken, line.join("part_2.jpg")).unwrap();
+    std::fs::write(line.join("part_3.png"), b"not a png at all").unwrap();
+    wait_until(&mut h, 60, "four parts", |a| a.inspect.stats.tally.total() == 4);
+    h.run_steps(3);
+    let t = h.state().inspect.stats.tally;
+    assert_eq!(t.error, 1);
+    assert_eq!(t.inspected(), 3);
+    assert_eq!(
+        label_with(&h, "Counts:"),
+        format!("Counts: {} accept, {} review, {} reject, 1 errors", t.accept, t.review, t.reject)
+    );
+    // The error row is the latest: the banner says so and names the file.
+    h.get_by(|n| text_of(n).is_some_and(|l| l == "ERROR"));
+    let latest = &h.state().inspect.latest.as_ref().unwrap().0;
+    assert!(latest.error.as_deref().is_some_and(|e| e.contains("part_3.png")), "{latest:?}");
+    assert!(h.query_all_by_label("part_3.png").count() >= 1, "the banner names the file");
+    assert_eq!(h.state().inspect.alarm, t.reject > 0, "the alarm follows rejects");
+    // The log table comes from the database.
+    wait_until(&mut h, 30, "the log table", |a| a.inspect.table.len() == 4);
+    assert_eq!(h.state().inspect.last_hour.tally, t);
+    assert!(label_with(&h, "Throughput:").ends_with("images/s"));
+
+    // Stop stops: a part dropped afterwards is not inspected.
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, 30, "the line to stop", |a| !a.inspect.running());
+    std::fs::copy(&good[0], line.join("part_4.jpg")).unwrap();
+    for _ in 0..20 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(h.state().inspect.stats.tally.total(), 4);
+    let log = flowspect::line::log::InspectionLog::open(&line.join(flowspect::line::DEFAULT_DB)).unwrap();
+    assert_eq!(log.query(&Default::default()).unwrap().len(), 4);
+    h.get_by_label("Start");
+    let _ = std::fs::remove_dir_all(&dir);
+}
