@@ -373,6 +373,13 @@ impl Detector {
         Ok(())
     }
 
+    /// Searches the region score every `s` cells (nf-bmr), for comparisons.
+    pub fn set_region_stride(&mut self, s: usize) -> Result<()> {
+        self.model.set_region_stride(s)?;
+        self.meta.config = self.model.config();
+        Ok(())
+    }
+
     /// Size of the memory bank in bytes (methods with one), or `None`.
     pub fn bank_bytes(&self) -> Option<usize> {
         self.model.bank_bytes()

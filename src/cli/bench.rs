@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// timed with the BMR map (the "bmr+reg" column).
     #[arg(long)]
     pub region_window: Option<usize>,
+    /// nf-bmr: search the region score's windows every N cells (default 2; 1: every cell).
+    #[arg(long)]
+    pub region_stride: Option<usize>,
     /// memflow, patchcore: patches in the memory bank searched per position (17,613 is
     /// memflow's bank of the full magnetic-tile training set at the default coreset ratio
     /// 0.1; patchcore's default bank there is capped at 10,000).
@@ -90,6 +93,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             }
             if let Some(w) = a.region_window {
                 c.region.window = w;
+            }
+            if let Some(st) = a.region_stride {
+                c.region.stride = st;
             }
         }
         let model = detector::untrained_model(fast, cfg, a.bank_rows)?;

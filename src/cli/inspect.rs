@@ -52,6 +52,9 @@ pub struct TrainArgs {
     /// nf-bmr: window of the region score added to the map, in feature cells (0 turns it off).
     #[arg(long)]
     pub region_window: Option<usize>,
+    /// nf-bmr: search the region score's windows every N cells, interpolating between (default 2; 1: every cell).
+    #[arg(long)]
+    pub region_stride: Option<usize>,
     /// nf-bmr: weight of the region score against the BMR map.
     #[arg(long)]
     pub region_weight: Option<f32>,
@@ -122,6 +125,9 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
             if let Some(w) = a.region_window {
                 c.region.window = w;
             }
+            if let Some(st) = a.region_stride {
+                c.region.stride = st;
+            }
             if let Some(w) = a.region_weight {
                 c.region.weight = w;
             }
@@ -130,7 +136,7 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
             }
         }
         DetectorConfig::MemFlow(c) => {
-            if a.global_stages.is_some() || a.region_window.is_some() || a.region_weight.is_some() {
+            if a.global_stages.is_some() || a.region_window.is_some() || a.region_stride.is_some() || a.region_weight.is_some() {
                 bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
             }
             if let Some(s) = &a.stage {
@@ -151,7 +157,7 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
             }
         }
         DetectorConfig::PatchCore(c) => {
-            if a.global_stages.is_some() || a.region_window.is_some() || a.region_weight.is_some() {
+            if a.global_stages.is_some() || a.region_window.is_some() || a.region_stride.is_some() || a.region_weight.is_some() {
                 bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
             }
             if a.hidden.is_some() || a.bmr_lr.is_some() || a.flow_lr.is_some() || a.flow_hidden.is_some() || a.epochs.is_some() {
@@ -247,6 +253,9 @@ pub struct EvalArgs {
     /// compare; the pixel threshold stays the trained one.
     #[arg(long)]
     pub region_weight: Option<f32>,
+    /// nf-bmr: override the region score's search stride (1: every window centre), to compare.
+    #[arg(long)]
+    pub region_stride: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
 }
@@ -263,6 +272,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(w) = a.region_weight {
         det.set_region_weight(w)?;
+    }
+    if let Some(s) = a.region_stride {
+        det.set_region_stride(s)?;
     }
     let samples = spread(&data::test_samples(&a.data)?, a.limit);
     if samples.iter().all(|s| s.defect.is_none()) {

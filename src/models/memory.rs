@@ -15,10 +15,78 @@ pub fn local_average(f: &Tensor, k: usize) -> Result<Tensor> {
     if k <= 1 {
         return Ok(f.clone());
     }
+    let (b, h, w, c) = f.dims4()?;
+    // On the CPU: a separable running-sum box filter, O(1) per value whatever `k`
+    // (candle's average pooling visits all k * k cells of every window: 60-90 ms per
+    // 512 px image for the 13-cell region window). Same mirrored border, same result to
+    // float rounding (tested against the pooling path below).
+    if f.device().is_cpu() && k / 2 <= h.min(w) - 1 {
+        let v = f.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = box_filter_reflect(&v, b, h, w, c, k);
+        return Ok(Tensor::from_vec(out, (b, h, w, c), f.device())?.to_dtype(f.dtype())?);
+    }
     let x = f.permute((0, 3, 1, 2))?.contiguous()?;
     let x = reflect_pad(&x, k / 2)?;
     let x = x.avg_pool2d_with_stride((k, k), (1, 1))?;
     Ok(x.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// Mirrored index (without repeating the edge) of `j` in `0..n`, for `|j| < n`.
+fn mirror(j: isize, n: usize) -> usize {
+    let n = n as isize;
+    (if j < 0 {
+        -j
+    } else if j >= n {
+        2 * (n - 1) - j
+    } else {
+        j
+    }) as usize
+}
+
+/// The `k x k` mean of `[b, h, w, c]` values (row-major, channels last) at every
+/// position, the border mirrored as `reflect_pad` does; needs `k / 2 <= min(h, w) - 1`.
+/// Two running-sum passes (along rows, then columns), each O(1) per value.
+fn box_filter_reflect(v: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize) -> Vec<f32> {
+    debug_assert_eq!(v.len(), b * h * w * c);
+    let p = (k / 2) as isize;
+    let mut rows = vec![0f32; v.len()];
+    // Along each row: out[x] = sum over dx in -p..=p of in[mirror(x + dx)].
+    rows.par_chunks_mut(w * c).zip(v.par_chunks(w * c)).for_each(|(out, row)| {
+        let mut acc = vec![0f32; c];
+        for dx in -p..=p {
+            let src = &row[mirror(dx, w) * c..][..c];
+            acc.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+        }
+        out[..c].copy_from_slice(&acc);
+        for x in 1..w as isize {
+            let (add, sub) = (mirror(x + p, w) * c, mirror(x - 1 - p, w) * c);
+            for ch in 0..c {
+                acc[ch] += row[add + ch] - row[sub + ch];
+            }
+            out[x as usize * c..][..c].copy_from_slice(&acc);
+        }
+    });
+    // Along each column, per image, scaled to the mean.
+    let scale = 1.0 / (k * k) as f32;
+    let mut out = vec![0f32; v.len()];
+    let plane = h * w * c;
+    let line = w * c;
+    out.par_chunks_mut(plane).zip(rows.par_chunks(plane)).for_each(|(out, img)| {
+        let mut acc = vec![0f32; line];
+        for dy in -p..=p {
+            let src = &img[mirror(dy, h) * line..][..line];
+            acc.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+        }
+        out[..line].iter_mut().zip(&acc).for_each(|(o, a)| *o = a * scale);
+        for y in 1..h as isize {
+            let (add, sub) = (mirror(y + p, h) * line, mirror(y - 1 - p, h) * line);
+            for i in 0..line {
+                acc[i] += img[add + i] - img[sub + i];
+            }
+            out[y as usize * line..][..line].iter_mut().zip(&acc).for_each(|(o, a)| *o = a * scale);
+        }
+    });
+    out
 }
 
 /// Greedy k-center selection (Sener & Savarese 2018, as PatchCore uses it): starting
@@ -377,6 +445,30 @@ mod tests {
         // A query equal to a bank row is at distance ~0 (found in the second block).
         let row = Tensor::from_slice(&bank[(k - 1) * d..], (1, d), &Device::Cpu).unwrap();
         assert!(mb.nearest_distance(&row).unwrap().to_vec1::<f32>().unwrap()[0] < 1e-2);
+    }
+
+    #[test]
+    fn running_sum_box_filter_equals_pooling() {
+        // The CPU path against candle's average pooling of the mirrored padding, on
+        // random features, for the windows the methods use (3, 5 and the region's 13).
+        let mut rng = Rng::new(11);
+        for &(b, h, w, c, k) in &[(2, 9, 7, 5, 3), (1, 24, 24, 16, 13), (1, 8, 12, 3, 5), (1, 7, 7, 4, 13)] {
+            let v: Vec<f32> = (0..b * h * w * c).map(|_| rng.normal() as f32).collect();
+            let t = Tensor::from_vec(v.clone(), (b, h, w, c), &Device::Cpu).unwrap();
+            let x = t.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+            let x = reflect_pad(&x, k / 2).unwrap().avg_pool2d_with_stride((k, k), (1, 1)).unwrap();
+            let want = x.permute((0, 2, 3, 1)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = if k / 2 <= h.min(w) - 1 {
+                box_filter_reflect(&v, b, h, w, c, k)
+            } else {
+                local_average(&t, k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            assert_eq!(got.len(), want.len(), "{b}x{h}x{w}x{c} k {k}");
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{b}x{h}x{w}x{c} k {k}: max difference {worst}");
+            let through = local_average(&t, k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(through.len(), want.len());
+        }
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub trait AnomalyModel: Send + Sync {
     fn set_region_weight(&mut self, _w: f32) -> Result<()> {
         Err(Error::Config("only nf-bmr models have a region score".into()))
     }
+    /// Searches the region score's windows every `s` cells (only methods that have one).
+    fn set_region_stride(&mut self, _s: usize) -> Result<()> {
+        Err(Error::Config("only nf-bmr models have a region score".into()))
+    }
     /// Size of the memory bank in bytes, for methods with one.
     fn bank_bytes(&self) -> Option<usize> {
         None

@@ -108,7 +108,7 @@ impl Default for NfBmrConfig {
             // same set, the fine-localisation proxies (AUPRO 0.770 -> 0.779, cracks 0.838
             // -> 0.871, blowholes 0.989 -> 0.994) against the pooled pixel AUROC (0.838 ->
             // 0.826, uneven bands 0.831 -> 0.813); image scores do not use it.
-            region: RegionConfig { window: 13, bank_size: 10_000, weight: 1.0 },
+            region: RegionConfig { window: 13, bank_size: 10_000, weight: 1.0, stride: 2 },
             seed: 42,
         }
     }
@@ -363,7 +363,7 @@ impl NfBmr {
     fn region_maps(&self, y: &Tensor) -> Result<Option<Tensor>> {
         self.region
             .as_ref()
-            .map(|bank| Ok(region::region_maps(bank, y, self.cfg.region.window)?.to_device(&Device::Cpu)?))
+            .map(|bank| Ok(region::region_maps(bank, y, self.cfg.region.window, self.cfg.region.stride)?.to_device(&Device::Cpu)?))
             .transpose()
     }
 
@@ -537,6 +537,15 @@ impl AnomalyModel for NfBmr {
             return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
         }
         let region = RegionConfig { weight: w, ..self.cfg.region };
+        region.check()?;
+        self.cfg.region = region;
+        Ok(())
+    }
+    fn set_region_stride(&mut self, s: usize) -> Result<()> {
+        if self.region.is_none() {
+            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
+        }
+        let region = RegionConfig { stride: s, ..self.cfg.region };
         region.check()?;
         self.cfg.region = region;
         Ok(())

@@ -25,6 +25,17 @@ pub struct RegionConfig {
     pub bank_size: usize,
     /// Weight of the standardised region map against the standardised BMR map.
     pub weight: f32,
+    /// Window centres searched every `stride` cells in each direction (the last row and
+    /// column always), the map between them interpolated bilinearly: 1 searches every
+    /// cell (model files written before this field), 2 a quarter of them. Neighbouring
+    /// windows share all but one row or column of their cells, so their distances
+    /// differ little, and the search is most of the region score's time.
+    #[serde(default = "exact_stride")]
+    pub stride: usize,
+}
+
+fn exact_stride() -> usize {
+    1
 }
 
 impl Default for RegionConfig {
@@ -34,7 +45,7 @@ impl Default for RegionConfig {
 }
 
 impl RegionConfig {
-    pub const OFF: Self = Self { window: 0, bank_size: 0, weight: 0.0 };
+    pub const OFF: Self = Self { window: 0, bank_size: 0, weight: 0.0, stride: 1 };
 
     pub fn enabled(&self) -> bool {
         self.window > 0 && self.bank_size > 0
@@ -43,6 +54,9 @@ impl RegionConfig {
     pub fn check(&self) -> Result<()> {
         if self.enabled() && !(self.weight.is_finite() && self.weight >= 0.0) {
             return Err(Error::Config(format!("region weight must be a finite number >= 0, not {}", self.weight)));
+        }
+        if self.stride == 0 {
+            return Err(Error::Config("region stride must be at least 1".into()));
         }
         if self.window.is_multiple_of(2) && self.window > 0 {
             return Err(Error::Config(format!("region window must be odd (centred on its cell), not {}", self.window)));
@@ -82,10 +96,74 @@ pub fn fit_bank(ys: &[Tensor], cfg: &RegionConfig, seed: u64) -> Result<MemoryBa
 }
 
 /// Region maps `[B, h, w]` of standardised features `[B, h, w, C]`: each window mean's
-/// distance to its nearest bank row.
-pub fn region_maps(bank: &MemoryBank, y: &Tensor, window: usize) -> Result<Tensor> {
-    let (b, h, w, _) = y.dims4()?;
-    Ok(bank.nearest_distance(&window_means(y, window)?)?.reshape((b, h, w))?)
+/// distance to its nearest bank row, searched every `stride` cells and interpolated
+/// between (on the CPU; the map is used there).
+pub fn region_maps(bank: &MemoryBank, y: &Tensor, window: usize, stride: usize) -> Result<Tensor> {
+    let (b, h, w, c) = y.dims4()?;
+    let k = window.min(2 * h.min(w) - 1);
+    let means = local_average(y, k)?;
+    if stride <= 1 {
+        return Ok(bank.nearest_distance(&means.reshape(((), c))?)?.reshape((b, h, w))?);
+    }
+    let (rows, cols) = (grid_points(h, stride), grid_points(w, stride));
+    let idx = |v: &[usize]| Tensor::from_vec(v.iter().map(|&i| i as u32).collect::<Vec<u32>>(), v.len(), y.device());
+    let sub = means.index_select(&idx(&rows)?, 1)?.index_select(&idx(&cols)?, 2)?;
+    let d = bank.nearest_distance(&sub.reshape(((), c))?)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(b * h * w);
+    for img in d.chunks(rows.len() * cols.len()) {
+        out.extend(interpolate_grid(img, &rows, &cols, h, w));
+    }
+    Ok(Tensor::from_vec(out, (b, h, w), &candle_core::Device::Cpu)?)
+}
+
+/// `0, s, 2s, ...` below `n`, and `n - 1` if that is not among them.
+fn grid_points(n: usize, s: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).step_by(s.max(1)).collect();
+    if v.last() != Some(&(n - 1)) {
+        v.push(n - 1);
+    }
+    v
+}
+
+/// Bilinear interpolation of values at grid points `rows x cols` (row-major) to every
+/// cell of `h x w`; the grid includes both ends, so nothing is extrapolated.
+fn interpolate_grid(vals: &[f32], rows: &[usize], cols: &[usize], h: usize, w: usize) -> Vec<f32> {
+    // (left index, weight of the right one) for every position along an axis.
+    let axis = |pts: &[usize], n: usize| -> Vec<(usize, f32)> {
+        let mut j = 0;
+        (0..n)
+            .map(|x| {
+                while j + 1 < pts.len() - 1 && pts[j + 1] <= x {
+                    j += 1;
+                }
+                if pts.len() == 1 {
+                    return (0, 0.0);
+                }
+                let (a, b) = (pts[j], pts[j + 1]);
+                (j, (x as f32 - a as f32) / (b - a) as f32)
+            })
+            .collect()
+    };
+    let (ay, ax) = (axis(rows, h), axis(cols, w));
+    let nc = cols.len();
+    // Along the columns on the sampled rows, then along the rows.
+    let mut across = vec![0f32; rows.len() * w];
+    for r in 0..rows.len() {
+        for (x, &(j, t)) in ax.iter().enumerate() {
+            let v0 = vals[r * nc + j];
+            let v1 = if nc > 1 { vals[r * nc + j + 1] } else { v0 };
+            across[r * w + x] = v0 + t * (v1 - v0);
+        }
+    }
+    let mut out = vec![0f32; h * w];
+    for (y, &(i, t)) in ay.iter().enumerate() {
+        for x in 0..w {
+            let v0 = across[i * w + x];
+            let v1 = if rows.len() > 1 { across[(i + 1) * w + x] } else { v0 };
+            out[y * w + x] = v0 + t * (v1 - v0);
+        }
+    }
+    out
 }
 
 /// Mean and standard deviation of every value of `maps` (the pixel statistics that
@@ -150,11 +228,11 @@ mod tests {
         // Two training images of constants 0 and 1: with room for all, the bank holds
         // every window mean; a query image of 0.25 is 0.25 * sqrt(2) from the nearest.
         let ys: Vec<Tensor> = [0f32, 1.0].iter().map(|&c| Tensor::full(c, (4, 4, 2), &dev).unwrap()).collect();
-        let cfg = RegionConfig { window: 3, bank_size: 1000, weight: 1.0 };
+        let cfg = RegionConfig { window: 3, bank_size: 1000, weight: 1.0, stride: 1 };
         let bank = fit_bank(&ys, &cfg, 1).unwrap();
         assert_eq!(bank.len(), 32);
         let q = Tensor::full(0.25f32, (1, 4, 4, 2), &dev).unwrap();
-        let d = region_maps(&bank, &q, 3).unwrap();
+        let d = region_maps(&bank, &q, 3, 1).unwrap();
         assert_eq!(d.dims(), &[1, 4, 4]);
         for v in d.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
             assert!((v - 0.25 * 2f32.sqrt()).abs() < 1e-4, "{v}");
@@ -181,8 +259,8 @@ mod tests {
         let good: Vec<Tensor> = (0..6).map(|_| image(h, w, c, 0..0, &mut rng)).collect();
         let defect = image(h, w, c, 6..12, &mut rng).unsqueeze(0).unwrap();
         let map = |window: usize| -> Vec<Vec<f32>> {
-            let bank = fit_bank(&good, &RegionConfig { window, bank_size: 100_000, weight: 1.0 }, 1).unwrap();
-            region_maps(&bank, &defect, window).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+            let bank = fit_bank(&good, &RegionConfig { window, bank_size: 100_000, weight: 1.0, stride: 1 }, 1).unwrap();
+            region_maps(&bank, &defect, window, 1).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
         };
         let mean = |m: &[Vec<f32>], rows: std::ops::Range<usize>| {
             let n = rows.len() * (w - 4);
@@ -197,6 +275,55 @@ mod tests {
     }
 
     #[test]
+    fn strided_search_interpolates_between_searched_centres() {
+        // A bank of one row (0): the exact map is each window mean's norm. With stride 2
+        // the searched centres keep their exact value, and a map that is linear along an
+        // axis (a ramp of constant columns) is reproduced everywhere.
+        let dev = Device::Cpu;
+        let bank = MemoryBank::new(Tensor::zeros((1, 1), candle_core::DType::F32, &dev).unwrap()).unwrap();
+        let (h, w) = (7, 10);
+        let ramp: Vec<f32> = (0..h * w).map(|i| (i % w) as f32).collect();
+        let y = Tensor::from_vec(ramp, (1, h, w, 1), &dev).unwrap();
+        let exact = region_maps(&bank, &y, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let strided = region_maps(&bank, &y, 1, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in exact.iter().zip(&strided) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // On random features with the 13-cell window, searched centres are exact and the
+        // interpolated ones stay within the range of their neighbours.
+        let mut rng = Rng::new(5);
+        let (h, w, c) = (24, 24, 8);
+        let good: Vec<Tensor> = (0..4).map(|_| Tensor::from_vec((0..h * w * c).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (h, w, c), &dev).unwrap()).collect();
+        let cfg = RegionConfig { window: 13, bank_size: 500, weight: 1.0, stride: 2 };
+        let bank = fit_bank(&good, &cfg, 1).unwrap();
+        let q = Tensor::from_vec((0..h * w * c).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (1, h, w, c), &dev).unwrap();
+        let exact = region_maps(&bank, &q, 13, 1).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let strided = region_maps(&bank, &q, 13, 2).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(grid_points(24, 2), vec![0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 23]);
+        for r in (0..h).step_by(2) {
+            for col in (0..w).step_by(2) {
+                assert!((exact[r][col] - strided[r][col]).abs() < 1e-4);
+            }
+        }
+        // Every interpolated cell is within two neighbour steps of the exact map (the
+        // bilinear value lies between its four searched corners, each at most two steps
+        // away): a wrong index or weight breaks this at once.
+        let mut step = 0f32;
+        for r in 0..h {
+            for col in 0..w {
+                if col + 1 < w {
+                    step = step.max((exact[r][col] - exact[r][col + 1]).abs());
+                }
+                if r + 1 < h {
+                    step = step.max((exact[r][col] - exact[r + 1][col]).abs());
+                }
+            }
+        }
+        let worst = exact.iter().flatten().zip(strided.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst > 0.0 && worst <= 2.0 * step, "interpolation error {worst}, largest neighbour step {step}");
+    }
+
+    #[test]
     fn fusion_standardises_both_maps() {
         let (m, s) = pixel_stats([[1f32, 3.0].as_slice(), [5.0, 7.0].as_slice()].into_iter());
         assert!((m - 4.0).abs() < 1e-6 && (s - 5f32.sqrt()).abs() < 1e-5, "{m} {s}");
@@ -204,8 +331,8 @@ mod tests {
         let mut local = vec![2.0, 4.0];
         fuse(&mut local, &[10.0, 30.0], (2.0, 2.0), (10.0, 10.0), 2.0);
         assert_eq!(local, vec![0.0, 1.0 + 4.0]);
-        assert!(RegionConfig { window: 3, bank_size: 10, weight: -1.0 }.check().is_err());
+        assert!(RegionConfig { window: 3, bank_size: 10, weight: -1.0, stride: 1 }.check().is_err());
         assert!(RegionConfig::OFF.check().is_ok() && !RegionConfig::OFF.enabled());
-        assert!(RegionConfig { window: 4, bank_size: 10, weight: 1.0 }.check().is_err());
+        assert!(RegionConfig { window: 4, bank_size: 10, weight: 1.0, stride: 1 }.check().is_err());
     }
 }
