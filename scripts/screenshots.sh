@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Screenshots of the app's main views, in a real window under Xvfb, on the real
-# magnetic-tile images in ../shared/data. Writes screenshots/{train,data,threshold,review}.png.
+# magnetic-tile images in ../shared/data. Writes screenshots/{train,data,threshold,review,inspect}.png.
 #
 # Needs (Debian 12): xvfb xauth libgl1-mesa-dri libxcursor1 libxi6 libxkbcommon-x11-0
 #                    imagemagick xdotool
@@ -60,4 +60,6 @@ import -window root "$OUT/threshold.png"
 xdotool key ctrl+4; sleep 3
 import -window root "$OUT/review.png"
 kill $APP; wait $APP 2>/dev/null || true
+# 5. The Inspect tab running on parts that arrive one by one.
+scripts/screenshot-inspect.sh "$MODEL"
 echo "screenshots written to $OUT/"

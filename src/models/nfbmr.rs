@@ -358,6 +358,17 @@ impl NfBmr {
         Ok((self.bmr.anomaly_map(y, &z)?, nll))
     }
 
+    /// Replaces the region score's settings of a model that has one (comparisons at
+    /// scoring time; the bank and calibration stay the trained ones).
+    fn adjust_region(&mut self, region: RegionConfig) -> Result<()> {
+        if self.region.is_none() {
+            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
+        }
+        region.check()?;
+        self.cfg.region = region;
+        Ok(())
+    }
+
     /// Region maps `[B, h, w]` on the CPU of standardised features, if the model has a
     /// region score.
     fn region_maps(&self, y: &Tensor) -> Result<Option<Tensor>> {
@@ -533,21 +544,9 @@ impl AnomalyModel for NfBmr {
     /// 0 gives the BMR map alone, standardised. For comparisons: the pixel threshold
     /// stays the one calibrated with the trained weight.
     fn set_region_weight(&mut self, w: f32) -> Result<()> {
-        if self.region.is_none() {
-            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
-        }
-        let region = RegionConfig { weight: w, ..self.cfg.region };
-        region.check()?;
-        self.cfg.region = region;
-        Ok(())
+        self.adjust_region(RegionConfig { weight: w, ..self.cfg.region })
     }
     fn set_region_stride(&mut self, s: usize) -> Result<()> {
-        if self.region.is_none() {
-            return Err(Error::Config("this model has no region score (trained with --region-window 0 or before it existed)".into()));
-        }
-        let region = RegionConfig { stride: s, ..self.cfg.region };
-        region.check()?;
-        self.cfg.region = region;
-        Ok(())
+        self.adjust_region(RegionConfig { stride: s, ..self.cfg.region })
     }
 }
