@@ -33,6 +33,8 @@ pub struct InspectState {
     pub table: Vec<LogRow>,
     /// A reject arrived and the alarm is on: shown until acknowledged.
     pub alarm: bool,
+    /// The file of the last reject, which the alarm names.
+    pub alarm_part: String,
     /// Problems that did not stop the line (latest last).
     pub problems: Vec<String>,
 }
@@ -115,6 +117,7 @@ impl App {
                 self.inspect.stats.push(&row);
                 if row.verdict == Some(Verdict::Reject) && self.settings.inspect.alarm {
                     self.inspect.alarm = true;
+                    self.inspect.alarm_part = file_name(&row.path);
                 }
                 match &row.error {
                     Some(e) => self.say(format!("inspect: error {e}")),
@@ -241,8 +244,7 @@ fn alarm_bar(ui: &mut egui::Ui, app: &mut App) {
     egui::Frame::new().fill(if on { red } else { red.gamma_multiply(0.5) }).inner_margin(8.0).show(ui, |ui| {
         ui.horizontal(|ui| {
             ui.label(egui::RichText::new("REJECT ALARM").size(22.0).strong().color(egui::Color32::WHITE));
-            let latest = app.inspect.latest.as_ref().map(|(r, _)| file_name(&r.path)).unwrap_or_default();
-            ui.label(egui::RichText::new(latest).color(egui::Color32::WHITE));
+            ui.label(egui::RichText::new(&app.inspect.alarm_part).color(egui::Color32::WHITE));
             ack = ui.button("Acknowledge").clicked();
         });
     });
