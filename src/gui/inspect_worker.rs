@@ -2,6 +2,7 @@
 //! `flowspect watch` runs) in a thread of its own, so a training or scoring job on the
 //! main worker does not stop the line and the UI never waits on the engine or the
 //! database; and a reader thread that refreshes the log table from the database.
+use super::loader::to_color_image;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use flowspect::detector::Detector;
 use flowspect::device::DeviceChoice;
@@ -213,29 +214,16 @@ fn reader_thread(
     }
 }
 
-fn to_color_image(img: &image::RgbImage) -> egui::ColorImage {
-    egui::ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw())
-}
-
-fn fit(img: &image::RgbImage, side: u32) -> image::RgbImage {
-    let (w, h) = img.dimensions();
-    let s = side as f32 / w.max(h).max(1) as f32;
-    if s >= 1.0 {
-        return img.clone();
-    }
-    let (nw, nh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
-    image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
-}
-
 /// The heatmap overlay (as the reports draw it: jet from 0 to twice the pixel
 /// threshold, 45 % opacity) scaled for the large view, and a thumbnail.
 fn pictures(i: &Inspected, pixel_threshold: f32) -> (Option<egui::ColorImage>, Option<egui::ColorImage>) {
     let Some(img) = &i.image else { return (None, None) };
-    let rgb = match &i.map {
+    let shown = match &i.map {
         Some(map) if map.len() == (img.width() * img.height()) as usize => {
-            flowspect::render::overlay(img, map, 2.0 * pixel_threshold, 0.45)
+            image::DynamicImage::ImageRgb8(flowspect::render::overlay(img, map, 2.0 * pixel_threshold, 0.45))
         }
-        _ => img.to_rgb8(),
+        _ => img.clone(),
     };
-    (Some(to_color_image(&fit(&rgb, PICTURE_SIDE))), Some(to_color_image(&fit(&rgb, THUMB_SIDE))))
+    let fit = |side: u32| to_color_image(&shown.thumbnail(side, side));
+    (Some(fit(PICTURE_SIDE)), Some(fit(THUMB_SIDE)))
 }
