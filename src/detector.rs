@@ -240,6 +240,39 @@ pub struct ModelMeta {
     pub training: TrainReport,
     pub created_unix: u64,
     pub flowspect_version: String,
+    /// Good images taught after training ([`Detector::teach`]), oldest first.
+    #[serde(default)]
+    pub taught: Vec<TaughtImage>,
+}
+
+/// A good image the model absorbed after training, as the model file records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaughtImage {
+    pub path: String,
+    /// SHA-256 of the file's bytes when it was taught.
+    pub sha256: String,
+    pub taught_unix: u64,
+}
+
+/// What one [`Detector::teach`] did.
+#[derive(Debug, Clone, Default)]
+pub struct TeachReport {
+    /// Images absorbed.
+    pub taught: Vec<PathBuf>,
+    /// Images already taught (same path and bytes), left out.
+    pub already: Vec<PathBuf>,
+    /// Images that could not be read, with why.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// What changed in the model, in words.
+    pub summary: String,
+    pub seconds: f64,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub struct Detector {
@@ -306,11 +339,9 @@ impl Detector {
             threshold_rule: Some(rule),
             review_threshold: None,
             training: report,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: now_unix(),
             flowspect_version: env!("CARGO_PKG_VERSION").into(),
+            taught: Vec::new(),
         };
         Ok(Self { meta, model })
     }
@@ -385,8 +416,66 @@ impl Detector {
         self.model.bank_bytes()
     }
 
+    /// Absorbs good images without retraining: what the method can take cheaply (memory
+    /// banks, NF-BMR's region bank and global Gaussian; see each method's `teach`). The
+    /// images are recorded in `meta.taught` (path and SHA-256); an image already taught
+    /// with the same bytes is left out. The thresholds are not changed. Unreadable
+    /// files are skipped and listed; nothing is taught if none can be read.
+    pub fn teach(&mut self, paths: &[PathBuf], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<TeachReport> {
+        let t0 = std::time::Instant::now();
+        let mut report = TeachReport::default();
+        let mut fresh = Vec::new();
+        let mut hashes = Vec::new();
+        for p in paths {
+            cancel.check()?;
+            let bytes = match std::fs::read(p) {
+                Ok(b) => b,
+                Err(e) => {
+                    let msg = Error::io(p, e).to_string();
+                    progress.report(Progress::Skipped { message: msg.clone() });
+                    report.skipped.push((p.clone(), msg));
+                    continue;
+                }
+            };
+            let h = crate::line::sha256_hex(&bytes);
+            let shown = p.display().to_string();
+            if self.meta.taught.iter().any(|t| t.path == shown && t.sha256 == h) || hashes.iter().any(|(q, g): &(PathBuf, String)| q == p && *g == h) {
+                report.already.push(p.clone());
+                continue;
+            }
+            hashes.push((p.clone(), h));
+            fresh.push(p.clone());
+        }
+        progress.report(Progress::Stage { name: "teaching: features".into(), total: fresh.len() });
+        let (feats, skipped) = features::extract_paths(self.model.backbone(), self.model.tap(), &fresh, 8, progress, cancel)?;
+        report.skipped.extend(skipped);
+        if feats.is_empty() {
+            report.seconds = t0.elapsed().as_secs_f64();
+            report.summary = "nothing taught".into();
+            return Ok(report);
+        }
+        progress.report(Progress::Stage { name: "teaching: model".into(), total: 0 });
+        let prior = self.meta.training.n_train + self.meta.taught.len();
+        report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, progress, cancel)?;
+        let now = now_unix();
+        for f in &feats {
+            if let Some((_, h)) = hashes.iter().find(|(q, _)| *q == f.path) {
+                self.meta.taught.push(TaughtImage { path: f.path.display().to_string(), sha256: h.clone(), taught_unix: now });
+            }
+            report.taught.push(f.path.clone());
+        }
+        self.meta.calibration = self.model.calibration().clone();
+        report.seconds = t0.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
     /// Writes the model file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        atomic_write(path, &self.to_bytes()?)
+    }
+
+    /// The model file's bytes (what [`Self::save`] writes; [`Self::from_bytes`] reads them).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         let last = self.meta.config.tap().last_stage().unwrap_or(7);
         for (k, v) in self.model.backbone().tensors() {
@@ -398,9 +487,8 @@ impl Detector {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let meta_json = serde_json::to_string(&self.meta).map_err(|e| Error::Data(e.to_string()))?;
         let meta: HashMap<String, String> = [(META_KEY.to_string(), meta_json)].into_iter().collect();
-        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
-            .map_err(|e| Error::Data(format!("cannot serialise model: {e}")))?;
-        atomic_write(path, &bytes)
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
+            .map_err(|e| Error::Data(format!("cannot serialise model: {e}")))
     }
 
     /// Reads only the metadata of a model file (cheap; checks the version).
@@ -435,8 +523,14 @@ impl Detector {
 
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let meta = Self::meta_from_bytes(path, &bytes)?;
-        let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        Self::from_bytes(path, &bytes, device)
+    }
+
+    /// A model from a model file's bytes; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8], device: &Device) -> Result<Self> {
+        let bytes = bytes;
+        let meta = Self::meta_from_bytes(path, bytes)?;
+        let all = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| Error::bad_file(path, format!("corrupt model weights: {e}")))?;
         let bb: HashMap<String, Tensor> = all
             .iter()

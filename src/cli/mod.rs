@@ -5,6 +5,7 @@ mod import;
 mod inspect;
 mod progress;
 mod report;
+mod teach;
 mod watch;
 
 use anyhow::Result;
@@ -35,6 +36,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train and evaluate each method on each labelled set; one table (Markdown and JSON).
     Benchmark(benchmark::BenchmarkArgs),
+    /// Add good images to a trained model without retraining (false rejects, new variants).
+    Teach(teach::TeachArgs),
     /// Line mode: inspect images as they arrive in a folder, one row per image in an SQLite log.
     Watch(watch::WatchArgs),
     /// Query the inspection log written by `watch` (print, filter, CSV).
@@ -122,6 +125,7 @@ pub fn run() -> Result<()> {
         Some(Command::Report(a)) => report::report(a),
         Some(Command::ImportWeights(a)) => import::import_weights(a),
         Some(Command::Classify(a)) => import::classify(a),
+        Some(Command::Teach(a)) => teach::teach(a),
         Some(Command::Watch(a)) => watch::watch(a),
         Some(Command::Log(a)) => watch::log(a),
     }

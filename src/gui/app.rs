@@ -9,7 +9,7 @@ use super::inspect_panel::InspectState;
 use super::{data_panel, inspect_panel, review, threshold_panel, train_panel};
 use flowspect::data;
 use flowspect::progress::Progress;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const SETTINGS_KEY: &str = "flowspect.settings";
@@ -50,6 +50,20 @@ pub struct App {
     /// Errors not yet dismissed, shown in a banner.
     pub errors: Vec<String>,
     pub selected: Option<usize>,
+    /// Images picked on the grid (click, shift-click, ctrl-click) for labels and teach.
+    pub marked: BTreeSet<usize>,
+    /// The test folder's labels given in the review (its sidecar file).
+    pub labels: Option<data::Labels>,
+    /// Teaches Undo can take back.
+    pub undo_depth: usize,
+    /// Verdict counts before the last teach, until the rescoring after it ends.
+    teach_before: Option<flowspect::inspection::VerdictCounts>,
+    /// What the last teach changed, in words.
+    pub last_teach: Option<String>,
+    /// The open project file, autosaved after every change.
+    pub project: Option<PathBuf>,
+    /// The project's JSON as last written (autosave compares against it).
+    project_saved: String,
     /// Bumped whenever scores change; plots cache their curves against it.
     pub scores_generation: u64,
     pub thumbs: HashMap<usize, egui::TextureHandle>,
@@ -87,6 +101,13 @@ impl App {
             log: Vec::new(),
             errors: Vec::new(),
             selected: None,
+            marked: BTreeSet::new(),
+            labels: None,
+            undo_depth: 0,
+            teach_before: None,
+            last_teach: None,
+            project: None,
+            project_saved: String::new(),
             scores_generation: 0,
             thumbs: HashMap::new(),
             thumbs_requested: HashSet::new(),
@@ -191,7 +212,25 @@ impl App {
                     dir.display(),
                     labelled
                 ));
-                self.entries = samples.into_iter().map(|sample| Entry { sample, result: None, error: None }).collect();
+                let root = if dir.is_dir() { dir.clone() } else { dir.parent().map(Path::to_path_buf).unwrap_or_default() };
+                let labels = match data::Labels::open(&root) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Kept aside, not overwritten: the next label written starts a new file.
+                        self.report_error("labels", format!("{e} (labels not loaded)"));
+                        data::Labels { dir: root.clone(), by_path: Default::default() }
+                    }
+                };
+                self.entries = samples
+                    .into_iter()
+                    .map(|sample| Entry { person: labels.get(&sample.path), sample, result: None, error: None })
+                    .collect();
+                let marked = self.entries.iter().filter(|e| e.person.is_some()).count();
+                if marked > 0 {
+                    self.say(format!("{marked} labels read from {}", data::Labels::sidecar_path(&root).display()));
+                }
+                self.labels = Some(labels);
+                self.marked.clear();
                 self.thumbs.clear();
                 self.thumbs_requested.clear();
                 self.selected = None;
@@ -250,6 +289,135 @@ impl App {
         let job = Job::new("scoring");
         let cmd = Command::Score { samples, cancel: job.cancel.clone() };
         self.send(cmd, job);
+    }
+
+    /// Writes the project file (atomically) and keeps it open for autosave.
+    pub fn save_project(&mut self, path: PathBuf) {
+        let p = super::project::Project::from_settings(&self.settings);
+        match p.save(&path) {
+            Ok(()) => {
+                self.project_saved = p.to_json();
+                self.say(format!("project saved to {}", path.display()));
+                self.remember_project(&path);
+                self.project = Some(path);
+            }
+            Err(e) => self.report_error("saving the project", e),
+        }
+    }
+
+    /// Opens a project: its folders (with their labels), model and thresholds.
+    pub fn open_project(&mut self, path: PathBuf) {
+        if self.busy() {
+            self.report_error("opening the project", "wait for the running job to end (or cancel it) first");
+            return;
+        }
+        let p = match super::project::Project::open(&path) {
+            Ok(p) => p,
+            Err(e) => return self.report_error("opening the project", e),
+        };
+        p.apply(&mut self.settings);
+        self.project_saved = p.to_json();
+        self.remember_project(&path);
+        self.project = Some(path.clone());
+        self.say(format!("project {} opened", path.display()));
+        if !p.train_dir.trim().is_empty() {
+            self.scan_train_dir();
+        }
+        if !p.test_dir.trim().is_empty() {
+            self.open_test_dir();
+        }
+        let model = PathBuf::from(&p.model_path);
+        if !p.model_path.is_empty() {
+            if !model.is_file() {
+                self.report_error("the project's model", format!("{}: no such file", model.display()));
+            } else {
+                if p.model_stamp.is_some() && super::project::stamp(&model) != p.model_stamp {
+                    self.say(format!("the model file {} changed since the project was saved", model.display()));
+                }
+                self.open_model(model, true);
+            }
+        }
+        self.say("scores are not kept in the project: press \"Score test images\" to score the folder again");
+    }
+
+    fn remember_project(&mut self, path: &Path) {
+        let s = path.display().to_string();
+        self.settings.recent_projects.retain(|p| *p != s);
+        self.settings.recent_projects.insert(0, s);
+        self.settings.recent_projects.truncate(8);
+    }
+
+    /// Writes the open project again if anything it holds changed (every frame).
+    pub fn autosave_project(&mut self) {
+        let Some(path) = self.project.clone() else { return };
+        let p = super::project::Project::from_settings(&self.settings);
+        let json = p.to_json();
+        if json != self.project_saved {
+            match p.save(&path) {
+                Ok(()) => self.project_saved = json,
+                Err(e) => {
+                    self.report_error("autosaving the project", e);
+                    // Once per change, not every frame.
+                    self.project_saved = json;
+                }
+            }
+        }
+    }
+
+    /// The images labels and teach act on: the grid's marked images, else the one under review.
+    pub fn targets(&self) -> Vec<usize> {
+        if self.marked.is_empty() { self.selected.into_iter().collect() } else { self.marked.iter().copied().collect() }
+    }
+
+    /// Gives `indices` a person's label (`None` clears it) and writes the sidecar.
+    pub fn set_label(&mut self, indices: &[usize], label: Option<bool>) {
+        let paths: Vec<PathBuf> = indices.iter().filter_map(|&i| self.entries.get(i).map(|e| e.sample.path.clone())).collect();
+        if paths.is_empty() {
+            return;
+        }
+        let Some(labels) = &mut self.labels else { return };
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        match labels.set(&refs, label) {
+            Ok(()) => {
+                for &i in indices {
+                    if let Some(e) = self.entries.get_mut(i) {
+                        e.person = label;
+                    }
+                }
+                self.scores_generation += 1;
+                let what = match label {
+                    Some(true) => "defect",
+                    Some(false) => "good",
+                    None => "cleared",
+                };
+                self.say(format!("{} images marked {what}", paths.len()));
+            }
+            Err(e) => self.report_error("saving labels", e),
+        }
+    }
+
+    /// Teaches the target images to the model as good, then rescores the test folder.
+    pub fn teach_targets(&mut self) {
+        if self.busy() || self.model.is_none() {
+            return;
+        }
+        let paths: Vec<PathBuf> = self.targets().iter().filter_map(|&i| self.entries.get(i).map(|e| e.sample.path.clone())).collect();
+        if paths.is_empty() {
+            self.report_error("teaching", "pick the images to add first (click, ctrl-click or shift-click on the grid)");
+            return;
+        }
+        self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
+        let job = Job::new("teaching");
+        let cmd = Command::Teach { paths, cancel: job.cancel.clone() };
+        self.send(cmd, job);
+    }
+
+    pub fn undo_teach(&mut self) {
+        if self.busy() || self.undo_depth == 0 {
+            return;
+        }
+        self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
+        self.send(Command::Undo, Job::new("undo"));
     }
 
     pub fn open_model(&mut self, path: PathBuf, keep_thresholds: bool) {
@@ -322,6 +490,20 @@ impl App {
         }
     }
 
+    /// The model changed in the worker (teach, undo): rescore the test folder.
+    fn after_model_change(&mut self, meta: flowspect::detector::ModelMeta, undo: usize) {
+        self.undo_depth = undo;
+        if let Some(m) = &mut self.model {
+            m.meta = meta;
+        }
+        self.clear_scores();
+        if !self.entries.is_empty() {
+            self.pending_score = true;
+        } else {
+            self.teach_before = None;
+        }
+    }
+
     pub fn clear_scores(&mut self) {
         for e in &mut self.entries {
             e.result = None;
@@ -372,6 +554,8 @@ impl App {
                     ));
                 }
                 self.model = Some(ModelInfo { meta: *meta, path, device });
+                self.undo_depth = 0;
+                self.last_teach = None;
                 self.clear_scores();
                 if self.startup.score && !self.entries.is_empty() {
                     self.startup.score = false;
@@ -423,8 +607,20 @@ impl App {
                 ));
                 self.settings.report_dir = out.display().to_string();
             }
-            Event::Failed { what, message } => self.report_error(&what, message),
+            Event::Taught { meta, taught, summary, seconds, undo } => {
+                self.say(format!("taught {taught} images in {seconds:.1} s: {summary} (save the model to keep it)"));
+                self.after_model_change(*meta, undo);
+            }
+            Event::Untaught { meta, undo } => {
+                self.say("undo: back to the model before the last teach");
+                self.after_model_change(*meta, undo);
+            }
+            Event::Failed { what, message } => {
+                self.teach_before = None;
+                self.report_error(&what, message)
+            }
             Event::Cancelled(what) => {
+                self.teach_before = None;
                 let secs = self
                     .job
                     .as_ref()
@@ -446,6 +642,16 @@ impl App {
                 }
                 if std::mem::take(&mut self.pending_score) {
                     self.start_scoring();
+                } else if self.job.is_none()
+                    && let Some(b) = self.teach_before.take()
+                {
+                    let a = super::state::counts(&self.entries, &self.settings.active_thresholds());
+                    let line = format!(
+                        "false alarms {} -> {}, escapes {} -> {}, rejects {} -> {}",
+                        b.fp, a.fp, b.fn_, a.fn_, b.reject, a.reject
+                    );
+                    self.say(line.clone());
+                    self.last_teach = Some(line);
                 }
             }
         }
@@ -526,6 +732,8 @@ impl App {
             DialogTarget::InspectModel => self.settings.inspect.model = path.display().to_string(),
             DialogTarget::InspectDir => self.settings.inspect.input = path.display().to_string(),
             DialogTarget::InspectSortDir => self.settings.inspect.sort = path.display().to_string(),
+            DialogTarget::OpenProject => self.open_project(path),
+            DialogTarget::SaveProject => self.save_project(path),
         }
     }
 
@@ -565,6 +773,31 @@ impl App {
             ] {
                 ui.selectable_value(&mut self.settings.tab, tab, name)
                     .on_hover_text(format!("Ctrl+{}", tab as usize + 1));
+            }
+            ui.separator();
+            ui.menu_button("Project", |ui| {
+                if ui.button("Open project...").clicked() {
+                    self.dialogs.open(DialogTarget::OpenProject, self.project.clone());
+                }
+                if ui.button("Save project as...").clicked() {
+                    self.dialogs.open(DialogTarget::SaveProject, self.project.clone());
+                }
+                if let Some(p) = self.project.clone()
+                    && ui.button("Save project").clicked()
+                {
+                    self.save_project(p);
+                }
+                ui.separator();
+                ui.weak("Recent projects");
+                for r in self.settings.recent_projects.clone() {
+                    if ui.button(&r).clicked() {
+                        self.open_project(PathBuf::from(r));
+                    }
+                }
+            });
+            if let Some(p) = &self.project {
+                ui.label(format!("Project: {}", p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+                    .on_hover_text(format!("{} (saved after every change)", p.display()));
             }
             ui.separator();
             match &self.model {
@@ -666,6 +899,7 @@ pub fn fmt_secs(s: f64) -> String {
 impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.poll();
+        self.autosave_project();
         egui::Panel::top("top").show(ui, |ui| {
             self.top_bar(ui);
             self.error_banner(ui);

@@ -54,6 +54,7 @@ pub fn data_ui(ui: &mut egui::Ui, app: &mut App) {
     report_row(ui, app);
     ui.separator();
     grid_controls(ui, app);
+    super::review::label_bar(ui, app);
     thumbnail_grid(ui, app);
 }
 
@@ -163,7 +164,14 @@ fn thumbnail_grid(ui: &mut egui::Ui, app: &mut App) {
                         (Some(v), _) => egui::Stroke::new(3.0, verdict_color(v)),
                         (None, _) => egui::Stroke::new(1.0, ui.visuals().weak_text_color()),
                     };
-                    let sel = app.selected == Some(i);
+                    let sel = app.selected == Some(i) || app.marked.contains(&i);
+                    // A badge for a label a person gave (G or D), top left.
+                    if let Some(l) = e.person {
+                        let (txt, col) = if l { ("D", egui::Color32::from_rgb(220, 50, 50)) } else { ("G", egui::Color32::from_rgb(40, 170, 70)) };
+                        let b = egui::Rect::from_min_size(img_rect.min + egui::vec2(6.0, 6.0), egui::vec2(16.0, 16.0));
+                        p.rect_filled(b, 3.0, col);
+                        p.text(b.center(), egui::Align2::CENTER_CENTER, txt, egui::FontId::proportional(11.0), egui::Color32::WHITE);
+                    }
                     p.rect_stroke(img_rect.shrink(2.0), 4.0, if sel { egui::Stroke::new(4.0, ui.visuals().selection.bg_fill) } else { stroke }, egui::StrokeKind::Inside);
                     let caption = match (&e.result, &e.error) {
                         (_, Some(_)) => "unreadable".to_string(),
@@ -181,11 +189,12 @@ fn thumbnail_grid(ui: &mut egui::Ui, app: &mut App) {
                         Some(err) => resp.on_hover_text(err),
                         None => resp.on_hover_text(format!("{} ({})", e.sample.path.display(), e.label_text())),
                     };
+                    let mods = ui.input(|inp| inp.modifiers);
                     if resp.clicked() {
-                        clicked = Some((i, false));
+                        clicked = Some((i, false, mods));
                     }
                     if resp.double_clicked() {
-                        clicked = Some((i, true));
+                        clicked = Some((i, true, mods));
                     }
                 }
             });
@@ -202,7 +211,19 @@ fn thumbnail_grid(ui: &mut egui::Ui, app: &mut App) {
         app.thumbs_requested = key.into_iter().collect();
         app.loader.want_thumbs(fresh);
     }
-    if let Some((i, open)) = clicked {
+    if let Some((i, open, m)) = clicked {
+        if m.command {
+            if !app.marked.remove(&i) {
+                app.marked.insert(i);
+            }
+        } else if m.shift {
+            let from = app.selected.and_then(|s| order.iter().position(|&x| x == s)).unwrap_or(0);
+            let to = order.iter().position(|&x| x == i).unwrap_or(from);
+            let (a, b) = (from.min(to), from.max(to));
+            app.marked.extend(order[a..=b].iter().copied());
+        } else {
+            app.marked.clear();
+        }
         app.select(i);
         if open {
             app.settings.tab = Tab::Review;

@@ -18,6 +18,8 @@ pub enum DialogTarget {
     InspectModel,
     InspectDir,
     InspectSortDir,
+    OpenProject,
+    SaveProject,
 }
 
 pub struct Dialogs {
@@ -52,6 +54,8 @@ impl Dialogs {
                 | DialogTarget::InspectSortDir => d.pick_folder(),
                 DialogTarget::Backbone => d.add_filter("weights", &["safetensors", "pth", "pt"]).pick_file(),
                 DialogTarget::OpenModel | DialogTarget::InspectModel => d.add_filter("flowspect model", &["fsm", "safetensors"]).pick_file(),
+                DialogTarget::OpenProject => d.add_filter("flowspect project", &["fsproj"]).pick_file(),
+                DialogTarget::SaveProject => d.add_filter("flowspect project", &["fsproj"]).set_file_name("inspection.fsproj").save_file(),
                 DialogTarget::SaveModel => d
                     .add_filter("flowspect model", &["fsm"])
                     .set_file_name("model.fsm")

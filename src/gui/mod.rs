@@ -2,7 +2,7 @@
 //! thread runs the library's jobs, the panels draw plain state.
 //!
 //! One file a piece: `app` (state, polling, frame loop), `worker` (training, scoring,
-//! model files), `loader` (image decoding), `dialogs` (native file dialogs), and one
+//! model files), `loader` (image decoding), `dialogs` (native file dialogs), `project` (the `.fsproj` file), and one
 //! file per tab: `data_panel`, `train_panel`, `threshold_panel`, `review`, `inspect_panel`
 //! (line mode; its engine thread is `inspect_worker`).
 mod app;
@@ -11,6 +11,7 @@ mod dialogs;
 mod inspect_panel;
 mod inspect_worker;
 mod loader;
+mod project;
 mod review;
 mod state;
 mod threshold_panel;

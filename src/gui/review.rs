@@ -151,6 +151,7 @@ pub fn review_ui(ui: &mut egui::Ui, app: &mut App) {
             app.select(t);
         }
     }
+    label_bar(ui, app);
     let Some(sel) = app.selected else { return };
     let Some(e) = app.entries.get(sel) else { return };
     let t = app.settings.active_thresholds();
@@ -187,6 +188,51 @@ pub fn review_ui(ui: &mut egui::Ui, app: &mut App) {
     });
     update_textures(ui.ctx(), app);
     image_view(ui, app);
+}
+
+/// Label and teach: keys G (good), D (defect), U (clear) and buttons, acting on the
+/// grid's marked images or else the one under review; "Add to good samples" teaches
+/// them to the model, Undo takes the last teach back. Shared by the Review and Data tabs.
+pub fn label_bar(ui: &mut egui::Ui, app: &mut App) {
+    let targets = app.targets();
+    // Not while a text field has the keyboard (a folder path being typed).
+    let typing = ui.ctx().egui_wants_keyboard_input();
+    let (g, d, u) = ui.input(|i| (i.key_pressed(egui::Key::G), i.key_pressed(egui::Key::D), i.key_pressed(egui::Key::U)));
+    let (g, d, u) = (g && !typing, d && !typing, u && !typing);
+    let mut set = None;
+    ui.horizontal(|ui| {
+        let n = targets.len();
+        ui.label(if n == 1 { "1 image:".to_string() } else { format!("{n} images:") });
+        let on = n > 0;
+        if ui.add_enabled(on, egui::Button::new("Good (G)")).clicked() || (on && g) {
+            set = Some(Some(false));
+        }
+        if ui.add_enabled(on, egui::Button::new("Defect (D)")).clicked() || (on && d) {
+            set = Some(Some(true));
+        }
+        if ui.add_enabled(on, egui::Button::new("Clear label (U)")).clicked() || (on && u) {
+            set = Some(None);
+        }
+        ui.separator();
+        let can_teach = on && app.model.is_some() && !app.busy();
+        if ui
+            .add_enabled(can_teach, egui::Button::new("Add to good samples"))
+            .on_hover_text("the model absorbs these images as good without retraining, then the test folder is scored again")
+            .clicked()
+        {
+            app.teach_targets();
+        }
+        let can_undo = app.undo_depth > 0 && !app.busy();
+        if ui.add_enabled(can_undo, egui::Button::new(format!("Undo teach ({})", app.undo_depth))).clicked() {
+            app.undo_teach();
+        }
+        if let Some(t) = &app.last_teach {
+            ui.label(format!("last teach: {t}"));
+        }
+    });
+    if let Some(l) = set {
+        app.set_label(&targets, l);
+    }
 }
 
 /// (Re)builds the heatmap and region textures when the image, scores, colormap or

@@ -118,6 +118,8 @@ pub struct Settings {
     pub label_filter: LabelFilter,
     pub sort: SortBy,
     pub inspect: InspectSettings,
+    /// Project files opened or saved, newest first.
+    pub recent_projects: Vec<String>,
 }
 
 /// The demo set shipped under `assets/demo` (source checkout), if present: what the
@@ -151,6 +153,7 @@ impl Default for Settings {
             label_filter: LabelFilter::All,
             sort: SortBy::Name,
             inspect: InspectSettings::default(),
+            recent_projects: Vec::new(),
         }
     }
 }
@@ -175,6 +178,8 @@ pub struct Entry {
     pub result: Option<ScoredImage>,
     /// Why it could not be read or scored.
     pub error: Option<String>,
+    /// The label a person gave in the review (`true` = defect), over the folder's.
+    pub person: Option<bool>,
 }
 
 impl Entry {
@@ -185,11 +190,17 @@ impl Entry {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
+    /// The label in force: the person's, else the folder's.
+    pub fn label(&self) -> Option<bool> {
+        self.person.or(self.sample.defect)
+    }
     pub fn label_text(&self) -> &'static str {
-        match self.sample.defect {
-            Some(true) => "defect",
-            Some(false) => "good",
-            None => "unlabeled",
+        match (self.label(), self.person.is_some()) {
+            (Some(true), true) => "defect (marked)",
+            (Some(false), true) => "good (marked)",
+            (Some(true), false) => "defect",
+            (Some(false), false) => "good",
+            (None, _) => "unlabeled",
         }
     }
 }
@@ -250,7 +261,7 @@ impl Job {
 pub fn scored_labels(entries: &[Entry]) -> (Vec<f32>, Vec<Option<bool>>) {
     entries
         .iter()
-        .filter_map(|e| e.result.as_ref().map(|r| (r.score, e.sample.defect)))
+        .filter_map(|e| e.result.as_ref().map(|r| (r.score, e.label())))
         .unzip()
 }
 
@@ -275,9 +286,9 @@ pub fn view_order(entries: &[Entry], s: &Settings) -> Vec<usize> {
             };
             let ok_l = match s.label_filter {
                 LabelFilter::All => true,
-                LabelFilter::Good => e.sample.defect == Some(false),
-                LabelFilter::Defect => e.sample.defect == Some(true),
-                LabelFilter::Unlabeled => e.sample.defect.is_none(),
+                LabelFilter::Good => e.label() == Some(false),
+                LabelFilter::Defect => e.label() == Some(true),
+                LabelFilter::Unlabeled => e.label().is_none(),
             };
             ok_v && ok_l
         })

@@ -459,3 +459,109 @@ fn inspect_tab_follows_arriving_parts_and_stops() {
     h.get_by_label("Start");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The operator's loop on an unlabeled folder of real tiles: label three images with
+/// keys and buttons (sidecar written), the Threshold tab counts them and draws a ROC;
+/// teach a rejected good image and its score falls below the threshold, Undo brings
+/// the old score back; a project saved, the app dropped without a clean exit, and
+/// reopened brings back folders, thresholds and labels.
+#[test]
+fn label_teach_undo_and_project_round_trip() {
+    let dir = tempdir("teach");
+    let model = tiny_patchcore(&dir);
+    let mt = magnetic_tile();
+    let unl = dir.join("unlabeled");
+    copy_first(&mt.join("test/good"), &unl, 4);
+    copy_first(&mt.join("test/blowhole"), &unl, 2);
+    let mut s = tiny_settings(&unl);
+    s.train_dir = String::new();
+    s.model_path = model.display().to_string();
+    let mut h = harness(s);
+    wait_until(&mut h, 120, "the model", |a| a.model.is_some() && !a.busy());
+    assert_eq!(h.state().entries.len(), 6);
+    assert!(h.state().entries.iter().all(|e| e.label().is_none()));
+    h.get_by_label("Score test images").click();
+    wait_until(&mut h, 300, "scoring", |a| !a.busy() && a.entries.iter().all(|e| e.result.is_some()));
+
+    // Label: G by key, D by button, G by key.
+    let names_bh: Vec<String> = flowspect::data::list_images(&mt.join("test/blowhole")).unwrap().iter().take(2).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let defect = h.state().entries.iter().position(|e| names_bh.contains(&e.name())).unwrap();
+    let goods: Vec<usize> = (0..6).filter(|i| !names_bh.contains(&h.state().entries[*i].name())).collect();
+    h.state_mut().settings.tab = Tab::Review;
+    h.state_mut().select(goods[0]);
+    h.run_steps(3);
+    h.key_press(egui::Key::G);
+    h.run_steps(2);
+    h.state_mut().select(defect);
+    h.run_steps(3);
+    h.get_by_label("Defect (D)").click();
+    h.run_steps(2);
+    h.state_mut().select(goods[1]);
+    h.run_steps(3);
+    h.key_press(egui::Key::G);
+    h.run_steps(2);
+    let marked: Vec<(usize, Option<bool>)> = h.state().entries.iter().enumerate().filter(|(_, e)| e.person.is_some()).map(|(i, e)| (i, e.person)).collect();
+    assert_eq!(marked, {
+        let mut v = vec![(goods[0], Some(false)), (goods[1], Some(false)), (defect, Some(true))];
+        v.sort();
+        v
+    });
+    let side = flowspect::data::Labels::open(&unl).unwrap();
+    assert_eq!(side.by_path.len(), 3, "sidecar: {:?}", side.by_path);
+
+    // The Threshold tab works on the three labeled images.
+    h.state_mut().settings.tab = Tab::Threshold;
+    h.run_steps(3);
+    assert!(label_with(&h, "3 of 6 scored images labeled").contains("3 by a person"));
+    assert!(label_with(&h, "ROC (AUROC").starts_with("ROC"));
+
+    // Teach a false reject: the threshold just below a good image's score rejects it.
+    let fr = goods[2];
+    let before = h.state().entries[fr].result.as_ref().unwrap().score;
+    h.state_mut().settings.thresholds.accept_below = before * 0.999;
+    h.state_mut().settings.two_thresholds = false;
+    h.state_mut().settings.tab = Tab::Review;
+    h.state_mut().select(fr);
+    h.run_steps(3);
+    h.get_by_label("Add to good samples").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "teach and rescoring", |a| !a.busy() && a.last_teach.is_some() && a.entries.iter().all(|e| e.result.is_some()));
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let after = h.state().entries[fr].result.as_ref().unwrap().score;
+    assert!(after < before * 0.999, "taught image still rejected: {before} -> {after}");
+    assert_eq!(h.state().model.as_ref().unwrap().meta.taught.len(), 1);
+    assert!(h.state().last_teach.as_deref().unwrap().contains("rejects"), "{:?}", h.state().last_teach);
+
+    // Undo: the old model, the old score.
+    h.get_by_label("Undo teach (1)").click();
+    h.run_steps(2);
+    wait_until(&mut h, 300, "undo and rescoring", |a| !a.busy() && a.undo_depth == 0 && a.entries.iter().all(|e| e.result.is_some()));
+    let undone = h.state().entries[fr].result.as_ref().unwrap().score;
+    assert!((undone - before).abs() <= 1e-4 * before.abs().max(1.0), "undo: {before} -> {after} -> {undone}");
+    assert!(h.state().model.as_ref().unwrap().meta.taught.is_empty());
+
+    // Project: save, change the threshold (autosaved), drop the app without a clean exit.
+    let proj = dir.join("work.fsproj");
+    h.state_mut().save_project(proj.clone());
+    h.state_mut().settings.thresholds.accept_below = 0.123;
+    h.state_mut().settings.opacity = 0.8;
+    h.run_steps(2);
+    drop(h);
+    let side = flowspect::data::Labels::open(&unl).unwrap();
+    assert_eq!(side.by_path.len(), 3);
+
+    let mut h = harness(Settings { train_dir: String::new(), test_dir: String::new(), ..Settings::default() });
+    h.run_steps(2);
+    assert!(h.state().entries.is_empty());
+    h.state_mut().open_project(proj.clone());
+    wait_until(&mut h, 120, "the project's model", |a| a.model.is_some() && !a.busy());
+    let a = h.state();
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(a.settings.test_dir, unl.display().to_string());
+    assert_eq!(a.settings.thresholds.accept_below, 0.123, "the autosaved threshold, kept over the model's");
+    assert_eq!(a.settings.opacity, 0.8);
+    assert_eq!(a.entries.len(), 6);
+    assert_eq!(a.entries.iter().filter(|e| e.person == Some(false)).count(), 2);
+    assert_eq!(a.entries.iter().filter(|e| e.person == Some(true)).count(), 1);
+    assert_eq!(a.settings.recent_projects.first(), Some(&proj.display().to_string()));
+}

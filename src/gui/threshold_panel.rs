@@ -57,6 +57,12 @@ pub fn threshold_ui(ui: &mut egui::Ui, app: &mut App) {
         .filter_map(|(&s, l)| l.map(|l| (s, l)))
         .collect();
     let has_both = labelled.iter().any(|x| x.1) && labelled.iter().any(|x| !x.1);
+    let marked = app.entries.iter().filter(|e| e.result.is_some() && e.person.is_some()).count();
+    ui.label(format!(
+        "{} of {} scored images labeled ({marked} by a person); the curves and counts use the labeled ones",
+        labelled.len(),
+        scores.len()
+    ));
     let h = ((ui.available_height() - 80.0) / 2.0).max(160.0);
     ui.columns(2, |cols| {
         confusion_ui(&mut cols[0], &c, has_both);
@@ -71,7 +77,7 @@ pub fn threshold_ui(ui: &mut egui::Ui, app: &mut App) {
             pr_ui(&mut cols[1], &roc, &s, &l, &t, h);
         });
     } else {
-        ui.label("The test set has no good-and-defect labels: no ROC curve, but every image still gets a verdict.");
+        ui.label("No ROC curve until at least one good and one defect image are labeled (G and D on the Review or Data tab); every image still gets a verdict.");
     }
 }
 

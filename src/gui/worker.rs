@@ -102,6 +102,13 @@ pub enum Command {
         samples: Vec<Sample>,
         cancel: CancelToken,
     },
+    /// Good images join the model without retraining; the model before is kept for Undo.
+    Teach {
+        paths: Vec<PathBuf>,
+        cancel: CancelToken,
+    },
+    /// Back to the model before the last teach.
+    Undo,
     /// Scores `samples` again at full resolution and writes a report into `out`.
     Report {
         samples: Vec<Sample>,
@@ -136,6 +143,11 @@ pub enum Event {
     /// Images the scorer could not read, with the reason (which names the file).
     Unreadable(Vec<(PathBuf, String)>),
     Saved(PathBuf),
+    /// Images were taught: the model's new metadata, what changed, and how many teaches
+    /// Undo can take back.
+    Taught { meta: Box<ModelMeta>, taught: usize, summary: String, seconds: f64, undo: usize },
+    /// The last teach was taken back.
+    Untaught { meta: Box<ModelMeta>, undo: usize },
     /// A report was written into this folder.
     Reported { out: PathBuf, counts: flowspect::inspection::VerdictCounts, unreadable: usize },
     /// The current job failed; `what` names the job, the message names the file.
@@ -219,8 +231,30 @@ impl Drop for Worker {
 
 fn run(rx: Receiver<Command>, sink: Sink) {
     let mut det: Option<Detector> = None;
+    // Model files' bytes before each teach, newest last (Undo).
+    let mut undo: Vec<Vec<u8>> = Vec::new();
     while let Ok(cmd) = rx.recv() {
+        if matches!(cmd, Command::Train { .. } | Command::Load { .. }) {
+            undo.clear();
+        }
         match cmd {
+            Command::Teach { paths, cancel } => match det.as_mut() {
+                None => sink.send(Event::Failed { what: "teaching".into(), message: "no model: train or open one first".into() }),
+                Some(d) => teach(d, &paths, &mut undo, &sink, &cancel),
+            },
+            Command::Undo => match (det.as_ref(), undo.pop()) {
+                (Some(d), Some(bytes)) => {
+                    let dev = d.model.backbone().device().clone();
+                    match Detector::from_bytes(std::path::Path::new("the model before the last teach"), &bytes, &dev) {
+                        Ok(old) => {
+                            sink.send(Event::Untaught { meta: Box::new(old.meta.clone()), undo: undo.len() });
+                            det = Some(old);
+                        }
+                        Err(e) => sink.send(Event::Failed { what: "undo".into(), message: e.to_string() }),
+                    }
+                }
+                _ => sink.send(Event::Failed { what: "undo".into(), message: "nothing to undo: no teach since the model was opened".into() }),
+            },
             Command::Train { files, settings, cancel } => {
                 match train(&files, &settings, &sink, &cancel) {
                     Ok((d, dev)) => {
@@ -283,6 +317,40 @@ fn run(rx: Receiver<Command>, sink: Sink) {
             },
         }
         sink.send(Event::Done);
+    }
+}
+
+/// Teaches `paths` to `d`; the model before goes on the undo stack, and a teach that
+/// fails or is cancelled half-way leaves the model as it was.
+fn teach(d: &mut Detector, paths: &[PathBuf], undo: &mut Vec<Vec<u8>>, sink: &Sink, cancel: &CancelToken) {
+    let before = match d.to_bytes() {
+        Ok(b) => b,
+        Err(e) => return sink.send(Event::Failed { what: "teaching".into(), message: e.to_string() }),
+    };
+    match d.teach(paths, sink, cancel) {
+        Ok(r) => {
+            for (p, why) in &r.skipped {
+                sink.report(Progress::Info(format!("not taught {}: {why}", p.display())));
+            }
+            if !r.taught.is_empty() {
+                undo.push(before);
+            }
+            let summary = match r.already.len() {
+                0 => r.summary.clone(),
+                n => format!("{}; {n} already taught", r.summary),
+            };
+            sink.send(Event::Taught { meta: Box::new(d.meta.clone()), taught: r.taught.len(), summary, seconds: r.seconds, undo: undo.len() });
+        }
+        Err(e) => {
+            let dev = d.model.backbone().device().clone();
+            if let Ok(old) = Detector::from_bytes(std::path::Path::new("the model before teaching"), &before, &dev) {
+                *d = old;
+            }
+            sink.send(match e {
+                flowspect::Error::Cancelled => Event::Cancelled("teaching".into()),
+                e => Event::Failed { what: "teaching".into(), message: e.to_string() },
+            });
+        }
     }
 }
 

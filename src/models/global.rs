@@ -99,6 +99,75 @@ impl StageGaussian {
     }
 }
 
+impl StageGaussian {
+    /// The shrunk covariance `L L^T` (lower triangle filled, row-major).
+    fn covariance(&self) -> Vec<f64> {
+        let d = self.dim();
+        let mut c = vec![0f64; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let s: f64 = (0..=j).map(|k| self.chol[i * d + k] * self.chol[j * d + k]).sum();
+                c[i * d + j] = s;
+            }
+        }
+        c
+    }
+
+    /// Updates mean and covariance as if `rows` had been among the `n` training images
+    /// (the sample covariance is recovered from the shrunk one, the new rows' outer
+    /// products added, and the result shrunk again). The distance statistics stay the
+    /// training images'.
+    pub fn absorb(&mut self, rows: &[&[f32]], n: usize, shrinkage: f64) -> Result<()> {
+        let d = self.dim();
+        if rows.iter().any(|r| r.len() != d) {
+            return Err(Error::Config(format!("pooled features of stage {} have size != {d}", self.stage)));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let shrunk = self.covariance();
+        let trace_c: f64 = (0..d).map(|i| shrunk[i * d + i]).sum();
+        // tr(C) = (1 - a) tr(S) + (a + 1e-9) tr(S).
+        let trace_s = trace_c / (1.0 + 1e-9);
+        let ridge = (shrinkage + 1e-9) * trace_s / d as f64;
+        let m = rows.len();
+        let total = (n + m) as f64;
+        let new_mean: Vec<f64> = (0..d)
+            .map(|k| (self.mean[k] * n as f64 + rows.iter().map(|r| r[k] as f64).sum::<f64>()) / total)
+            .collect();
+        // Scatter about the new mean: old scatter + n (mu - mu')(mu - mu')^T + new rows'.
+        let mut scatter = vec![0f64; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let s = if i == j { shrunk[i * d + j] - ridge } else { shrunk[i * d + j] };
+                let s = s / (1.0 - shrinkage).max(1e-12) * (n as f64 - 1.0);
+                scatter[i * d + j] = s + n as f64 * (self.mean[i] - new_mean[i]) * (self.mean[j] - new_mean[j]);
+            }
+        }
+        for r in rows {
+            for i in 0..d {
+                let ci = r[i] as f64 - new_mean[i];
+                for j in 0..=i {
+                    scatter[i * d + j] += ci * (r[j] as f64 - new_mean[j]);
+                }
+            }
+        }
+        let denom = total - 1.0;
+        let trace = (0..d).map(|i| scatter[i * d + i]).sum::<f64>() / denom;
+        let ridge = (shrinkage + 1e-9) * trace / d as f64;
+        for i in 0..d {
+            for j in 0..=i {
+                let v = scatter[i * d + j] / denom * (1.0 - shrinkage);
+                scatter[i * d + j] = if i == j { v + ridge } else { v };
+            }
+        }
+        self.chol = cholesky(scatter, d)
+            .ok_or_else(|| Error::Data(format!("the pooled features of stage {} have a singular covariance after teaching", self.stage)))?;
+        self.mean = new_mean;
+        Ok(())
+    }
+}
+
 /// In-place Cholesky factorisation of the lower triangle; `None` if not positive definite.
 fn cholesky(mut a: Vec<f64>, d: usize) -> Option<Vec<f64>> {
     for j in 0..d {
@@ -138,6 +207,19 @@ impl GlobalGaussian {
             out.push(StageGaussian::fit(stage, &rows, shrinkage)?);
         }
         Ok(Self { stages: out })
+    }
+
+    /// Updates every stage's Gaussian with taught images' pooled vectors
+    /// ([`StageGaussian::absorb`]); `n` images trained it.
+    pub fn absorb(&mut self, pooled: &[&[Vec<f32>]], n: usize, shrinkage: f64) -> Result<()> {
+        for (si, g) in self.stages.iter_mut().enumerate() {
+            let rows: Vec<&[f32]> = pooled
+                .iter()
+                .map(|p| p.get(si).map(|v| v.as_slice()).ok_or_else(|| Error::Config(format!("no pooled features of stage {}", g.stage))))
+                .collect::<Result<_>>()?;
+            g.absorb(&rows, n, shrinkage)?;
+        }
+        Ok(())
     }
 
     /// The sum over stages of the standardised distances.

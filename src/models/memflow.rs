@@ -30,7 +30,7 @@
 //!   use one of them alone.
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use super::{AnomalyModel, StoredTensors, varmap_tensors};
@@ -522,5 +522,13 @@ impl AnomalyModel for MemFlow {
     }
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
+    }
+    /// The images' patches join the memory bank (the flows stay as trained).
+    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+        let bsl = self.bank_slices()?;
+        let raw: Vec<Tensor> = feats.iter().map(|f| bank_features(&f.features, &bsl)).collect::<Result<_>>()?;
+        let before = self.bank.len();
+        let added = teach_bank(&mut self.bank, &raw.iter().collect::<Vec<_>>(), &self.bank_mean, &self.bank_std, self.cfg.neighbourhood, self.cfg.coreset_ratio, cancel)?;
+        Ok(format!("memory bank {before} -> {} rows (+{added} patches of {} images)", self.bank.len(), feats.len()))
     }
 }

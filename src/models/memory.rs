@@ -277,6 +277,67 @@ impl TrainedBank {
     }
 }
 
+/// Indices of up to `k` rows of `cand` `[M, D]`, picked farthest-first against the bank
+/// and the rows already picked (the greedy k-center rule of the coreset, continued from
+/// the bank): the candidates the bank covers worst, in the order they were picked.
+/// Teaching good images adds these rows to a bank.
+pub fn farthest_from_bank(bank: &MemoryBank, cand: &Tensor, k: usize, cancel: &CancelToken) -> Result<Vec<usize>> {
+    let cand = cand.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+    let (m, d) = cand.dims2()?;
+    let k = k.min(m);
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let on_bank = bank.nearest_distance(&cand.to_device(bank.bank.device())?)?;
+    let mut min_d: Vec<f32> = on_bank.to_device(&Device::Cpu)?.to_vec1::<f32>()?.into_iter().map(|v| v * v).collect();
+    let x = cand.flatten_all()?.to_vec1::<f32>()?;
+    let mut picked = Vec::with_capacity(k);
+    for step in 0..k {
+        if step % 64 == 0 {
+            cancel.check()?;
+        }
+        let (best, &far) = min_d
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .ok_or_else(|| crate::error::Error::Data("no candidate rows".into()))?;
+        if !(far > 0.0) {
+            break;
+        }
+        picked.push(best);
+        let row = &x[best * d..(best + 1) * d];
+        min_d.par_iter_mut().enumerate().for_each(|(j, md)| {
+            let other = &x[j * d..(j + 1) * d];
+            let dist: f32 = row.iter().zip(other).map(|(a, b)| (a - b) * (a - b)).sum();
+            if dist < *md {
+                *md = dist;
+            }
+        });
+    }
+    Ok(picked)
+}
+
+/// Adds good images' patches to a bank (teach): each image's raw features `[h, w, C]`
+/// go through [`patch_features`] as training patches did, and the `ratio` of them
+/// (the training coreset's ratio, at least one per image) that the bank covers worst
+/// join it, farthest first. Returns how many rows were added.
+pub fn teach_bank(bank: &mut MemoryBank, raw: &[&Tensor], mean: &Tensor, std: &Tensor, k: usize, ratio: f64, cancel: &CancelToken) -> Result<usize> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    let mut rows = Vec::with_capacity(raw.len());
+    for chunk in raw.chunks(16) {
+        cancel.check()?;
+        let b = patch_features(&Tensor::stack(chunk, 0)?, mean, std, k)?;
+        let c = b.dim(D::Minus1)?;
+        rows.push(b.reshape(((), c))?);
+    }
+    let cand = Tensor::cat(&rows, 0)?;
+    let m = cand.dim(0)?;
+    let want = ((m as f64 * ratio).ceil() as usize).max(raw.len()).min(m);
+    bank.extend_farthest(&cand, want, cancel)
+}
+
 /// A bank of vectors `[K, D]` with their squared norms, searched by nearest neighbour.
 pub struct MemoryBank {
     pub bank: Tensor,
@@ -299,6 +360,29 @@ impl MemoryBank {
             bank.sqr()?.sum(D::Minus1)?.unsqueeze(0)?
         };
         Ok(Self { bank, sq })
+    }
+
+    /// Adds `rows` `[R, D]` at the end of the bank.
+    pub fn append(&mut self, rows: &Tensor) -> Result<()> {
+        if rows.dim(0)? == 0 {
+            return Ok(());
+        }
+        let rows = rows.to_dtype(DType::F32)?.to_device(self.bank.device())?;
+        *self = Self::new(Tensor::cat(&[&self.bank, &rows], 0)?)?;
+        Ok(())
+    }
+
+    /// The rows of `cand` `[M, D]` that [`farthest_from_bank`] picks (at most `k`),
+    /// appended; returns how many were added.
+    pub fn extend_farthest(&mut self, cand: &Tensor, k: usize, cancel: &CancelToken) -> Result<usize> {
+        let idx = farthest_from_bank(self, cand, k, cancel)?;
+        if idx.is_empty() {
+            return Ok(0);
+        }
+        let n = idx.len();
+        let idx = Tensor::from_vec(idx.into_iter().map(|i| i as u32).collect::<Vec<_>>(), n, cand.device())?;
+        self.append(&cand.index_select(&idx, 0)?)?;
+        Ok(n)
     }
 
     pub fn len(&self) -> usize {

@@ -18,7 +18,7 @@ pub mod training;
 
 use crate::backbone::EfficientNet;
 use crate::error::{Error, Result};
-use crate::progress::CancelToken;
+use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use features::{FeatureTap, ImageFeatures};
@@ -51,6 +51,12 @@ pub trait AnomalyModel: Send + Sync {
     /// Searches the region score's windows every `s` cells (only methods that have one).
     fn set_region_stride(&mut self, _s: usize) -> Result<()> {
         Err(Error::Config("only nf-bmr models have a region score".into()))
+    }
+    /// Absorbs good images without retraining (the review's "teach"): the parts of the
+    /// model that can take new good data cheaply. `prior` is how many good images
+    /// trained it. Returns what changed, in words.
+    fn teach(&mut self, _feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, _cancel: &CancelToken) -> Result<String> {
+        Err(Error::Config("this method cannot be taught new good images".into()))
     }
     /// Size of the memory bank in bytes, for methods with one.
     fn bank_bytes(&self) -> Option<usize> {

@@ -482,9 +482,10 @@ impl NfBmr {
         model.region = if cfg.region.enabled() {
             let bank = st.get("region.bank")?;
             let dim = model.mean.dim(0)?;
-            let ok = matches!(bank.dims(), &[n, d] if n > 0 && n <= cfg.region.bank_size && d == dim);
+            // Taught images add rows beyond the trained bank's size.
+            let ok = matches!(bank.dims(), &[n, d] if n > 0 && d == dim);
             if !ok {
-                return Err(st.bad(format!("region bank has shape {:?}, expected [1..={}, {dim}]", bank.dims(), cfg.region.bank_size)));
+                return Err(st.bad(format!("region bank has shape {:?}, expected [rows, {dim}]", bank.dims())));
             }
             Some(MemoryBank::new(bank)?)
         } else {
@@ -548,5 +549,75 @@ impl AnomalyModel for NfBmr {
     }
     fn set_region_stride(&mut self, s: usize) -> Result<()> {
         self.adjust_region(RegionConfig { stride: s, ..self.cfg.region })
+    }
+    /// The images' window means join the region bank (farthest first, a tenth of
+    /// them), their pooled features update the global Gaussian (weighed as `prior`
+    /// training images), and the BMR takes a few fine-tuning steps on them.
+    fn teach(&mut self, feats: &[&ImageFeatures], prior: usize, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+        let ys: Vec<Tensor> = feats
+            .iter()
+            .map(|f| Ok(f.features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?))
+            .collect::<Result<_>>()?;
+        let mut said = Vec::new();
+        if let Some(bank) = &mut self.region {
+            let mut rows = Vec::with_capacity(ys.len());
+            for y in &ys {
+                rows.push(region::window_means(&y.unsqueeze(0)?, self.cfg.region.window)?);
+            }
+            let cand = Tensor::cat(&rows, 0)?;
+            let want = (cand.dim(0)? as f64 * TEACH_REGION_RATIO).ceil() as usize;
+            let before = bank.len();
+            let added = bank.extend_farthest(&cand, want.max(ys.len()), cancel)?;
+            said.push(format!("region bank {before} -> {} rows (+{added})", before + added));
+        }
+        if let Some(g) = &mut self.global {
+            let pooled: Vec<&[Vec<f32>]> = feats.iter().map(|f| f.global.as_slice()).collect();
+            g.absorb(&pooled, prior.max(2), self.cfg.global_shrinkage)?;
+            said.push(format!("global Gaussian updated ({prior} + {} images)", feats.len()));
+        }
+        if TEACH_BMR_STEPS > 0 {
+            let steps = self.fine_tune_bmr(&ys, progress, cancel)?;
+            said.push(format!("BMR fine-tuned {steps} steps"));
+        }
+        Ok(said.join(", "))
+    }
+}
+
+/// Fraction of a taught image's region windows that may join the region bank.
+const TEACH_REGION_RATIO: f64 = 0.1;
+/// BMR fine-tuning on taught images: AdamW steps (0: none), learning rate, and the
+/// weight of the squared distance to the trained weights.
+const TEACH_BMR_STEPS: usize = 30;
+const TEACH_BMR_LR: f64 = 1e-4;
+const TEACH_BMR_ANCHOR: f64 = 1e-2;
+
+impl NfBmr {
+    /// A few AdamW steps of the BMR on taught images' features, pulled back towards the
+    /// trained weights (an L2 anchor), so the map forgets little of the training set.
+    fn fine_tune_bmr(&mut self, ys: &[Tensor], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<usize> {
+        use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+        let zs: Vec<Tensor> = ys
+            .iter()
+            .map(|y| {
+                let (h, w, c) = y.dims3()?;
+                let (z, _) = self.flow.forward(&y.reshape((h * w, c))?)?;
+                Ok(z.reshape((h, w, c))?.detach())
+            })
+            .collect::<Result<_>>()?;
+        let (y, z) = (Tensor::stack(ys, 0)?, Tensor::stack(&zs, 0)?);
+        let vars = self.bmr_vars.all_vars();
+        let anchor: Vec<Tensor> = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<_>>()?;
+        let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: TEACH_BMR_LR, weight_decay: 0.0, ..Default::default() })?;
+        progress.report(Progress::Stage { name: "teaching: BMR".into(), total: TEACH_BMR_STEPS });
+        for step in 0..TEACH_BMR_STEPS {
+            cancel.check()?;
+            let mut loss = self.bmr.loss(&y, &z)?;
+            for (v, a) in vars.iter().zip(&anchor) {
+                loss = (loss + (v.as_tensor() - a)?.sqr()?.sum_all()?.affine(TEACH_BMR_ANCHOR, 0.0)?)?;
+            }
+            opt.backward_step(&loss)?;
+            progress.report(Progress::Step { done: step + 1 });
+        }
+        Ok(TEACH_BMR_STEPS)
     }
 }

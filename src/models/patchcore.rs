@@ -16,7 +16,7 @@
 //! mirrored at the border instead of zero-padded; the image score is the maximum of the
 //! smoothed map rather than the re-weighted maximum patch distance.
 use super::features::{self, FeatureTap, ImageFeatures};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, max_of};
 use super::{AnomalyModel, StoredTensors};
 use crate::backbone::EfficientNet;
@@ -241,6 +241,12 @@ impl AnomalyModel for PatchCore {
     }
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
+    }
+    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+        let raw: Vec<&Tensor> = feats.iter().map(|f| &f.features).collect();
+        let before = self.bank.len();
+        let added = teach_bank(&mut self.bank, &raw, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood, self.cfg.coreset_ratio, cancel)?;
+        Ok(format!("memory bank {before} -> {} rows (+{added} patches of {} images)", self.bank.len(), feats.len()))
     }
 }
 
