@@ -12,8 +12,8 @@ use crate::models::features::{self, FeatureTap};
 use crate::models::memflow::{MemFlow, MemFlowConfig};
 use crate::models::nfbmr::{NfBmr, NfBmrConfig};
 use crate::models::patchcore::{PatchCore, PatchCoreConfig};
-use crate::models::scoring::{Calibration, ScoreKind, Scored, ThresholdRule, TrainReport, default_threshold};
-use crate::models::{AnomalyModel, StoredTensors};
+use crate::models::scoring::{Calibration, FileRecord, ScoreKind, Scored, ThresholdRule, TrainReport, default_threshold};
+use crate::models::{AnomalyModel, StoredTensors, TeachConfig};
 use crate::progress::Progress;
 use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{DType, Device, Tensor};
@@ -419,9 +419,10 @@ impl Detector {
     /// Absorbs good images without retraining: what the method can take cheaply (memory
     /// banks, NF-BMR's region bank and global Gaussian; see each method's `teach`). The
     /// images are recorded in `meta.taught` (path and SHA-256); an image already taught
-    /// with the same bytes is left out. The thresholds are not changed. Unreadable
+    /// with the same bytes is left out. The model is then calibrated again on its
+    /// held-out good images ([`Self::recalibrate`]), which sets the thresholds. Unreadable
     /// files are skipped and listed; nothing is taught if none can be read.
-    pub fn teach(&mut self, paths: &[PathBuf], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<TeachReport> {
+    pub fn teach(&mut self, paths: &[PathBuf], how: &TeachConfig, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<TeachReport> {
         let t0 = std::time::Instant::now();
         let mut report = TeachReport::default();
         let mut fresh = Vec::new();
@@ -456,7 +457,9 @@ impl Detector {
         }
         progress.report(Progress::Stage { name: "teaching: model".into(), total: 0 });
         let prior = self.meta.training.n_train + self.meta.taught.len();
-        report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, progress, cancel)?;
+        report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, how, progress, cancel)?;
+        let recal = self.recalibrate(progress, cancel)?;
+        report.summary = format!("{}; {recal}", report.summary);
         let now = now_unix();
         for f in &feats {
             if let Some((_, h)) = hashes.iter().find(|(q, _)| *q == f.path) {
@@ -467,6 +470,58 @@ impl Detector {
         self.meta.calibration = self.model.calibration().clone();
         report.seconds = t0.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// After a teach: scores the held-out good images of the training (the model file
+    /// records them with their SHA-256) with the taught model, recalibrates on them and
+    /// sets the default threshold again by the training's rule, so the threshold follows
+    /// the model. The images must be where they were, unchanged; with fewer than half of
+    /// them (or an older model file that does not list them) the calibration and the
+    /// thresholds stay as they were. Returns what happened, in words.
+    fn recalibrate(&mut self, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+        let held = &self.meta.training.held_out;
+        if held.is_empty() {
+            return Ok(format!("threshold {:.5} kept (this model file does not list its held-out images)", self.meta.threshold));
+        }
+        let ok: Vec<PathBuf> = held
+            .iter()
+            .filter(|r| FileRecord::of(Path::new(&r.path)).is_ok_and(|now| now.sha256 == r.sha256))
+            .map(|r| PathBuf::from(&r.path))
+            .collect();
+        if ok.len() * 2 < held.len() || ok.is_empty() {
+            return Ok(format!(
+                "threshold {:.5} kept: only {} of the {} held-out images are where they were, unchanged",
+                self.meta.threshold,
+                ok.len(),
+                held.len()
+            ));
+        }
+        progress.report(Progress::Stage { name: "teaching: recalibration".into(), total: ok.len() });
+        let (feats, _) = features::extract_paths(self.model.backbone(), self.model.tap(), &ok, 8, progress, cancel)?;
+        if feats.is_empty() {
+            return Ok(format!("threshold {:.5} kept: none of the held-out images could be read", self.meta.threshold));
+        }
+        let (old_default, _) = default_threshold(&self.meta.calibration);
+        let old = self.meta.threshold;
+        let by_hand = (old - old_default).abs() > 1e-6 * old_default.abs().max(1.0);
+        self.model.recalibrate(&feats.iter().collect::<Vec<_>>(), cancel)?;
+        let (threshold, rule) = default_threshold(self.model.calibration());
+        self.meta.calibration = self.model.calibration().clone();
+        if by_hand {
+            // A threshold someone set (and saved) stays theirs.
+            return Ok(format!(
+                "recalibrated on {} held-out images; threshold {old:.5} kept (set by hand; the default rule now gives {threshold:.5})",
+                feats.len()
+            ));
+        }
+        self.meta.pixel_threshold = self.model.calibration().pixel_p999;
+        self.meta.threshold = threshold;
+        self.meta.threshold_rule = Some(rule);
+        // A review band keeps its width.
+        if let Some(r) = &mut self.meta.review_threshold {
+            *r += threshold - old;
+        }
+        Ok(format!("recalibrated on {} held-out images: threshold {old:.5} -> {threshold:.5}", feats.len()))
     }
 
     /// Writes the model file atomically.

@@ -203,3 +203,71 @@ fn benchmark_writes_one_table_of_every_run() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/set"));
 }
+
+/// `flowspect teach`: a tiny NF-BMR model (region bank, global Gaussian and BMR all
+/// taught) absorbs two real good tiles; the written model records them, has a larger
+/// region bank, scores them lower than before, is recalibrated on its three held-out
+/// images (the threshold follows the default rule), loads back, and refuses to teach the
+/// same bytes twice. With two held-out images gone, a teach keeps the threshold and says why.
+#[test]
+fn teach_adds_good_images_to_a_model() {
+    let mt = magnetic_tile();
+    let dir = tempdir("teach");
+    let train = dir.path().join("train");
+    std::fs::create_dir_all(&train).unwrap();
+    for p in first_images(&mt.join("train/good"), 30) {
+        std::fs::copy(&p, train.join(p.file_name().unwrap())).unwrap();
+    }
+    let model = dir.path().join("m.fsm");
+    let out = flowspect()
+        .args(["train", "--data"])
+        .arg(&train)
+        .args(["--image-size", "64", "--epochs", "1", "--hidden", "32", "--flow-hidden", "32", "--region-window", "3", "--device", "cpu", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let goods: Vec<std::path::PathBuf> = first_images(&mt.join("test/good"), 3);
+    let dev = candle_core::Device::Cpu;
+    let before = flowspect::detector::Detector::load(&model, &dev).unwrap();
+    let held = before.meta.training.held_out.clone();
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(held.iter().all(|h| h.path.starts_with(&train.display().to_string()) && h.sha256.len() == 64));
+    let cancel = flowspect::progress::CancelToken::new();
+    let (s0, _) = before.score_paths(&goods[..2], &flowspect::progress::NoProgress, &cancel).unwrap();
+    let rows0 = before.model.tensors().unwrap().into_iter().find(|(k, _)| k == "region.bank").unwrap().1.dim(0).unwrap();
+    let taught = dir.path().join("t.fsm");
+    let out = flowspect().args(["teach", "--model"]).arg(&model).arg("--good").args(&goods[..2]).arg("--out").arg(&taught).args(["--device", "cpu"]).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(so.contains("taught 2 images") && so.contains("region bank") && so.contains("recalibrated on 3 held-out images"), "{so}");
+    let after = flowspect::detector::Detector::load(&taught, &dev).unwrap();
+    assert_eq!(after.meta.taught.len(), 2);
+    let (rule_threshold, rule) = flowspect::models::scoring::default_threshold(&after.meta.calibration);
+    assert_eq!(after.meta.threshold, rule_threshold, "the threshold follows the recalibration");
+    assert_eq!(rule.held_out, 3);
+    assert_ne!(after.meta.calibration.val_scores, before.meta.calibration.val_scores);
+    let rows1 = after.model.tensors().unwrap().into_iter().find(|(k, _)| k == "region.bank").unwrap().1.dim(0).unwrap();
+    assert!(rows1 > rows0, "region bank {rows0} -> {rows1}");
+    let (s1, _) = after.score_paths(&goods[..2], &flowspect::progress::NoProgress, &cancel).unwrap();
+    for (a, b) in s0.iter().zip(&s1) {
+        assert!(b.score < a.score, "{}: {} -> {}", a.path.display(), a.score, b.score);
+    }
+    // The same images again: nothing to teach, an error, the file untouched.
+    let again = dir.path().join("t2.fsm");
+    let out = flowspect().args(["teach", "--model"]).arg(&taught).arg("--good").args(&goods[..2]).arg("--out").arg(&again).args(["--device", "cpu"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing taught"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!again.exists());
+    // Two of the three held-out images moved away: the third image is taught, the
+    // threshold kept.
+    for h in &held[..2] {
+        std::fs::remove_file(&h.path).unwrap();
+    }
+    let out = flowspect().args(["teach", "--model"]).arg(&taught).arg("--good").arg(&goods[2]).arg("--out").arg(&again).args(["--device", "cpu"]).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(so.contains("kept: only 1 of the 3 held-out images"), "{so}");
+    let third = flowspect::detector::Detector::read_meta(&again).unwrap();
+    assert_eq!((third.taught.len(), third.threshold), (3, after.meta.threshold));
+}

@@ -84,6 +84,9 @@ pub struct GuiArgs {
     /// Start inspecting that folder right away (with --model, or the remembered model).
     #[arg(long, requires = "inspect")]
     pub start_inspect: bool,
+    /// Project file (.fsproj) to open: its folders, model, thresholds, labels and kept scores.
+    #[arg(long)]
+    pub project: Option<std::path::PathBuf>,
 }
 
 impl GuiArgs {
@@ -108,6 +111,7 @@ impl GuiArgs {
             train_now: self.start_training,
             inspect_dir: self.inspect.clone(),
             inspect_now: self.start_inspect,
+            project: self.project.clone(),
         }
     }
 }

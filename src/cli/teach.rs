@@ -5,6 +5,7 @@ use clap::Args;
 use flowspect::data;
 use flowspect::detector::Detector;
 use flowspect::device::DeviceChoice;
+use flowspect::models::TeachConfig;
 use flowspect::progress::CancelToken;
 use std::path::PathBuf;
 
@@ -21,6 +22,12 @@ pub struct TeachArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// NF-BMR: AdamW steps of the BMR on the taught images (0: none).
+    #[arg(long, default_value_t = TeachConfig::default().fine_tune_steps)]
+    pub fine_tune_steps: usize,
+    /// NF-BMR: leave the image score's pooled-feature Gaussian as trained.
+    #[arg(long)]
+    pub no_global: bool,
 }
 
 /// The image files named by `inputs` (files as given, folders listed).
@@ -47,7 +54,8 @@ pub fn teach(a: TeachArgs) -> Result<()> {
     let mut det = Detector::load(&a.model, &dev)?;
     let paths = image_paths(&a.good)?;
     let progress = CliProgress::new();
-    let r = det.teach(&paths, &progress, &CancelToken::new())?;
+    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps };
+    let r = det.teach(&paths, &how, &progress, &CancelToken::new())?;
     progress.finish();
     for (p, why) in &r.skipped {
         eprintln!("skipped {}: {why}", p.display());
@@ -60,7 +68,7 @@ pub fn teach(a: TeachArgs) -> Result<()> {
     }
     det.save(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
     println!(
-        "taught {} images in {:.1} s: {}; {} taught in all; threshold {:.5} unchanged; written to {}",
+        "taught {} images in {:.1} s: {}; {} taught in all; threshold {:.5}; written to {}",
         r.taught.len(),
         r.seconds,
         r.summary,

@@ -4,7 +4,7 @@ use super::dialogs::{DialogTarget, Dialogs};
 use super::loader::{FullRequest, Loaded, Loader};
 use super::review::ReviewView;
 use super::state::{Entry, Job, ModelInfo, Settings, Tab};
-use super::worker::{Command, Event, Worker};
+use super::worker::{Command, Event, ScoredImage, Worker};
 use super::inspect_panel::InspectState;
 use super::{data_panel, inspect_panel, review, threshold_panel, train_panel};
 use flowspect::data;
@@ -35,6 +35,8 @@ pub struct Startup {
     pub inspect_dir: Option<PathBuf>,
     /// Start inspecting it right away.
     pub inspect_now: bool,
+    /// Project file to open (its folders, model, thresholds, labels and kept scores).
+    pub project: Option<PathBuf>,
 }
 
 pub struct App {
@@ -64,6 +66,12 @@ pub struct App {
     pub project: Option<PathBuf>,
     /// The project's JSON as last written (autosave compares against it).
     project_saved: String,
+    /// Bumped whenever images' results change; the project's score file is written again
+    /// when it differs from `scores_kept`.
+    results_generation: u64,
+    scores_kept: u64,
+    /// The opened project's score file, restored once its model is loaded.
+    pending_restore: Option<PathBuf>,
     /// Bumped whenever scores change; plots cache their curves against it.
     pub scores_generation: u64,
     pub thumbs: HashMap<usize, egui::TextureHandle>,
@@ -108,6 +116,9 @@ impl App {
             last_teach: None,
             project: None,
             project_saved: String::new(),
+            results_generation: 0,
+            scores_kept: 0,
+            pending_restore: None,
             scores_generation: 0,
             thumbs: HashMap::new(),
             thumbs_requested: HashSet::new(),
@@ -150,7 +161,9 @@ impl App {
             .model
             .clone()
             .or_else(|| (!app.settings.model_path.is_empty()).then(|| PathBuf::from(&app.settings.model_path)));
-        if let Some(m) = model.filter(|m| m.is_file()) {
+        if let Some(p) = &startup.project {
+            app.open_project(p.clone());
+        } else if let Some(m) = model.filter(|m| m.is_file()) {
             let keep = startup.model.is_none();
             app.open_model(m, keep);
         }
@@ -297,6 +310,8 @@ impl App {
         match p.save(&path) {
             Ok(()) => {
                 self.project_saved = p.to_json();
+                // The scores are written beside it at the next autosave.
+                self.scores_kept = self.results_generation.wrapping_sub(1);
                 self.say(format!("project saved to {}", path.display()));
                 self.remember_project(&path);
                 self.project = Some(path);
@@ -334,10 +349,11 @@ impl App {
                 if p.model_stamp.is_some() && super::project::stamp(&model) != p.model_stamp {
                     self.say(format!("the model file {} changed since the project was saved", model.display()));
                 }
+                let cache = super::project::scores_path(&path);
+                self.pending_restore = cache.is_file().then_some(cache);
                 self.open_model(model, true);
             }
         }
-        self.say("scores are not kept in the project: press \"Score test images\" to score the folder again");
     }
 
     fn remember_project(&mut self, path: &Path) {
@@ -347,9 +363,20 @@ impl App {
         self.settings.recent_projects.truncate(8);
     }
 
-    /// Writes the open project again if anything it holds changed (every frame).
+    /// Writes the open project again if anything it holds changed (every frame), and its
+    /// scores once a job that changed them has ended.
     pub fn autosave_project(&mut self) {
         let Some(path) = self.project.clone() else { return };
+        if self.results_generation != self.scores_kept && !self.busy() && self.pending_restore.is_none() {
+            self.scores_kept = self.results_generation;
+            let results: Vec<&ScoredImage> = self.entries.iter().filter_map(|e| e.result.as_ref()).collect();
+            if let Some(model) = self.model.as_ref().and_then(|m| m.path.clone())
+                && !results.is_empty()
+                && let Err(e) = super::project::save_scores(&super::project::scores_path(&path), &model, &results)
+            {
+                self.report_error("keeping the scores with the project", e);
+            }
+        }
         let p = super::project::Project::from_settings(&self.settings);
         let json = p.to_json();
         if json != self.project_saved {
@@ -408,7 +435,8 @@ impl App {
         }
         self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
         let job = Job::new("teaching");
-        let cmd = Command::Teach { paths, cancel: job.cancel.clone() };
+        let write_to = self.model.as_ref().and_then(|m| m.path.clone());
+        let cmd = Command::Teach { paths, write_to, cancel: job.cancel.clone() };
         self.send(cmd, job);
     }
 
@@ -417,7 +445,8 @@ impl App {
             return;
         }
         self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
-        self.send(Command::Undo, Job::new("undo"));
+        let write_to = self.model.as_ref().and_then(|m| m.path.clone());
+        self.send(Command::Undo { write_to }, Job::new("undo"));
     }
 
     pub fn open_model(&mut self, path: PathBuf, keep_thresholds: bool) {
@@ -490,11 +519,26 @@ impl App {
         }
     }
 
-    /// The model changed in the worker (teach, undo): rescore the test folder.
+    /// The model changed in the worker (teach, undo): take its thresholds where the app
+    /// still used the model's own, and rescore the test folder.
     fn after_model_change(&mut self, meta: flowspect::detector::ModelMeta, undo: usize) {
         self.undo_depth = undo;
+        let mut kept = None;
         if let Some(m) = &mut self.model {
+            let t = &mut self.settings.thresholds;
+            if t.accept_below == m.meta.threshold && t.reject_from == m.meta.review_threshold {
+                (t.accept_below, t.reject_from) = (meta.threshold, meta.review_threshold);
+                self.settings.pixel_threshold = meta.pixel_threshold;
+            } else if meta.threshold != m.meta.threshold {
+                kept = Some(format!(
+                    "the model's own threshold is now {:.5}; the threshold set here ({:.5}) is kept",
+                    meta.threshold, t.accept_below
+                ));
+            }
             m.meta = meta;
+        }
+        if let Some(line) = kept {
+            self.say(line);
         }
         self.clear_scores();
         if !self.entries.is_empty() {
@@ -504,10 +548,49 @@ impl App {
         }
     }
 
+    /// Puts back the scores kept with the opened project, for the images unchanged since.
+    fn restore_scores(&mut self, cache: &Path) {
+        let Some(model) = self.model.as_ref().and_then(|m| m.path.clone()) else { return };
+        let wanted: Vec<PathBuf> = self.entries.iter().map(|e| e.sample.path.clone()).collect();
+        match super::project::load_scores(cache, &model, &wanted) {
+            Ok(None) => self.say(format!(
+                "the model file {} changed since the project's scores were kept: press \"Score test images\" to score the folder again",
+                model.display()
+            )),
+            Ok(Some(r)) => {
+                let n = r.results.len();
+                let idx: HashMap<PathBuf, usize> = self.entries.iter().enumerate().map(|(i, e)| (e.sample.path.clone(), i)).collect();
+                for res in r.results {
+                    if let Some(&i) = idx.get(&res.path) {
+                        self.entries[i].result = Some(res);
+                    }
+                }
+                self.scores_generation += 1;
+                self.results_generation += 1;
+                self.scores_kept = self.results_generation;
+                if r.stale.is_empty() {
+                    self.say(format!("scores of {n} images restored from {}", cache.display()));
+                } else {
+                    let names: Vec<String> =
+                        r.stale.iter().take(5).map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+                    let line = format!(
+                        "scores of {n} images restored; {} images changed or new since they were kept ({}{}): press \"Score test images\" to score the folder again",
+                        r.stale.len(),
+                        names.join(", "),
+                        if r.stale.len() > 5 { ", ..." } else { "" }
+                    );
+                    self.say(line);
+                }
+            }
+            Err(e) => self.report_error("restoring the project's scores", e),
+        }
+    }
+
     pub fn clear_scores(&mut self) {
         for e in &mut self.entries {
             e.result = None;
         }
+        self.results_generation += 1;
         self.scores_generation += 1;
         self.view = None;
     }
@@ -557,6 +640,9 @@ impl App {
                 self.undo_depth = 0;
                 self.last_teach = None;
                 self.clear_scores();
+                if let Some(cache) = self.pending_restore.take() {
+                    self.restore_scores(&cache);
+                }
                 if self.startup.score && !self.entries.is_empty() {
                     self.startup.score = false;
                     // Started once this job's Done arrives.
@@ -577,6 +663,7 @@ impl App {
                     self.entries[i].error = None;
                 }
                 self.scores_generation += 1;
+                self.results_generation += 1;
             }
             Event::Unreadable(v) => {
                 for (p, why) in v {
@@ -607,16 +694,22 @@ impl App {
                 ));
                 self.settings.report_dir = out.display().to_string();
             }
-            Event::Taught { meta, taught, summary, seconds, undo } => {
-                self.say(format!("taught {taught} images in {seconds:.1} s: {summary} (save the model to keep it)"));
+            Event::Taught { meta, taught, summary, seconds, undo, written } => {
+                let kept = match written {
+                    Some(p) => format!("model file {} updated", p.display()),
+                    None => "save the model to keep it".into(),
+                };
+                self.say(format!("taught {taught} images in {seconds:.1} s: {summary} ({kept})"));
                 self.after_model_change(*meta, undo);
             }
-            Event::Untaught { meta, undo } => {
-                self.say("undo: back to the model before the last teach");
+            Event::Untaught { meta, undo, written } => {
+                let kept = written.map(|p| format!(" (model file {} written back)", p.display())).unwrap_or_default();
+                self.say(format!("undo: back to the model before the last teach{kept}"));
                 self.after_model_change(*meta, undo);
             }
             Event::Failed { what, message } => {
                 self.teach_before = None;
+                self.pending_restore = None;
                 self.report_error(&what, message)
             }
             Event::Cancelled(what) => {

@@ -531,6 +531,11 @@ fn label_teach_undo_and_project_round_trip() {
     assert!(after < before * 0.999, "taught image still rejected: {before} -> {after}");
     assert_eq!(h.state().model.as_ref().unwrap().meta.taught.len(), 1);
     assert!(h.state().last_teach.as_deref().unwrap().contains("rejects"), "{:?}", h.state().last_teach);
+    // The model file was replaced by the taught model (its held-out image recalibrated it).
+    let on_disk = flowspect::detector::Detector::read_meta(&model).unwrap();
+    assert_eq!(on_disk.taught.len(), 1);
+    assert_eq!(on_disk.taught[0].path, h.state().entries[fr].sample.path.display().to_string());
+    assert!(h.state().log.iter().any(|l| l.contains("recalibrated on 1 held-out images") && l.contains("updated")), "{:?}", h.state().log);
 
     // Undo: the old model, the old score.
     h.get_by_label("Undo teach (1)").click();
@@ -539,6 +544,8 @@ fn label_teach_undo_and_project_round_trip() {
     let undone = h.state().entries[fr].result.as_ref().unwrap().score;
     assert!((undone - before).abs() <= 1e-4 * before.abs().max(1.0), "undo: {before} -> {after} -> {undone}");
     assert!(h.state().model.as_ref().unwrap().meta.taught.is_empty());
+    assert!(flowspect::detector::Detector::read_meta(&model).unwrap().taught.is_empty(), "undo writes the old model back");
+    let scores: Vec<f32> = h.state().entries.iter().map(|e| e.result.as_ref().unwrap().score).collect();
 
     // Project: save, change the threshold (autosaved), drop the app without a clean exit.
     let proj = dir.join("work.fsproj");
@@ -549,6 +556,11 @@ fn label_teach_undo_and_project_round_trip() {
     drop(h);
     let side = flowspect::data::Labels::open(&unl).unwrap();
     assert_eq!(side.by_path.len(), 3);
+    // One image rewritten while the app is closed: its kept score is stale.
+    let changed = h_entry_path(&unl, 5);
+    let bytes = std::fs::read(&changed).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&changed, &bytes).unwrap();
 
     let mut h = harness(Settings { train_dir: String::new(), test_dir: String::new(), ..Settings::default() });
     h.run_steps(2);
@@ -564,4 +576,20 @@ fn label_teach_undo_and_project_round_trip() {
     assert_eq!(a.entries.iter().filter(|e| e.person == Some(false)).count(), 2);
     assert_eq!(a.entries.iter().filter(|e| e.person == Some(true)).count(), 1);
     assert_eq!(a.settings.recent_projects.first(), Some(&proj.display().to_string()));
+    // Scores restored for the five unchanged images, the rewritten one named as changed.
+    for (e, s) in a.entries.iter().zip(&scores) {
+        if e.sample.path == changed {
+            assert!(e.result.is_none());
+        } else {
+            assert_eq!(e.result.as_ref().map(|r| r.score), Some(*s), "{}", e.sample.path.display());
+            assert!(!e.result.as_ref().unwrap().map.is_empty());
+        }
+    }
+    let name = changed.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(a.log.iter().any(|l| l.contains("scores of 5 images restored; 1 images changed") && l.contains(&name)), "{:?}", a.log);
+}
+
+/// The `i`-th image of a folder in the app's order (by name).
+fn h_entry_path(dir: &Path, i: usize) -> PathBuf {
+    flowspect::data::list_images(dir).unwrap().into_iter().nth(i).unwrap()
 }

@@ -103,12 +103,14 @@ pub enum Command {
         cancel: CancelToken,
     },
     /// Good images join the model without retraining; the model before is kept for Undo.
+    /// When `write_to` names the model's file, the taught model replaces it (atomically).
     Teach {
         paths: Vec<PathBuf>,
+        write_to: Option<PathBuf>,
         cancel: CancelToken,
     },
-    /// Back to the model before the last teach.
-    Undo,
+    /// Back to the model before the last teach (written back to `write_to` if named).
+    Undo { write_to: Option<PathBuf> },
     /// Scores `samples` again at full resolution and writes a report into `out`.
     Report {
         samples: Vec<Sample>,
@@ -145,9 +147,10 @@ pub enum Event {
     Saved(PathBuf),
     /// Images were taught: the model's new metadata, what changed, and how many teaches
     /// Undo can take back.
-    Taught { meta: Box<ModelMeta>, taught: usize, summary: String, seconds: f64, undo: usize },
-    /// The last teach was taken back.
-    Untaught { meta: Box<ModelMeta>, undo: usize },
+    /// `written`: the model file the taught model replaced.
+    Taught { meta: Box<ModelMeta>, taught: usize, summary: String, seconds: f64, undo: usize, written: Option<PathBuf> },
+    /// The last teach was taken back (and the model file written back, if named).
+    Untaught { meta: Box<ModelMeta>, undo: usize, written: Option<PathBuf> },
     /// A report was written into this folder.
     Reported { out: PathBuf, counts: flowspect::inspection::VerdictCounts, unreadable: usize },
     /// The current job failed; `what` names the job, the message names the file.
@@ -238,19 +241,27 @@ fn run(rx: Receiver<Command>, sink: Sink) {
             undo.clear();
         }
         match cmd {
-            Command::Teach { paths, cancel } => match det.as_mut() {
+            Command::Teach { paths, write_to, cancel } => match det.as_mut() {
                 None => sink.send(Event::Failed { what: "teaching".into(), message: "no model: train or open one first".into() }),
-                Some(d) => teach(d, &paths, &mut undo, &sink, &cancel),
+                Some(d) => teach(d, &paths, write_to.as_deref(), &mut undo, &sink, &cancel),
             },
-            Command::Undo => match (det.as_ref(), undo.pop()) {
+            Command::Undo { write_to } => match (det.as_ref(), undo.pop()) {
                 (Some(d), Some(bytes)) => {
                     let dev = d.model.backbone().device().clone();
-                    match Detector::from_bytes(std::path::Path::new("the model before the last teach"), &bytes, &dev) {
-                        Ok(old) => {
-                            sink.send(Event::Untaught { meta: Box::new(old.meta.clone()), undo: undo.len() });
+                    let old = Detector::from_bytes(std::path::Path::new("the model before the last teach"), &bytes, &dev);
+                    let written = match (&old, &write_to) {
+                        (Ok(_), Some(p)) => flowspect::fsutil::atomic_write(p, &bytes).map(|()| Some(p.clone())),
+                        _ => Ok(None),
+                    };
+                    match (old, written) {
+                        (Ok(old), Ok(written)) => {
+                            sink.send(Event::Untaught { meta: Box::new(old.meta.clone()), undo: undo.len(), written });
                             det = Some(old);
                         }
-                        Err(e) => sink.send(Event::Failed { what: "undo".into(), message: e.to_string() }),
+                        (Err(e), _) | (_, Err(e)) => {
+                            undo.push(bytes);
+                            sink.send(Event::Failed { what: "undo".into(), message: e.to_string() })
+                        }
                     }
                 }
                 _ => sink.send(Event::Failed { what: "undo".into(), message: "nothing to undo: no teach since the model was opened".into() }),
@@ -321,14 +332,21 @@ fn run(rx: Receiver<Command>, sink: Sink) {
 }
 
 /// Teaches `paths` to `d`; the model before goes on the undo stack, and a teach that
-/// fails or is cancelled half-way leaves the model as it was.
-fn teach(d: &mut Detector, paths: &[PathBuf], undo: &mut Vec<Vec<u8>>, sink: &Sink, cancel: &CancelToken) {
+/// fails or is cancelled half-way leaves the model as it was. With `write_to`, the taught
+/// model replaces that file (atomically: a crash leaves the old or the new file whole).
+fn teach(d: &mut Detector, paths: &[PathBuf], write_to: Option<&std::path::Path>, undo: &mut Vec<Vec<u8>>, sink: &Sink, cancel: &CancelToken) {
     let before = match d.to_bytes() {
         Ok(b) => b,
         Err(e) => return sink.send(Event::Failed { what: "teaching".into(), message: e.to_string() }),
     };
-    match d.teach(paths, sink, cancel) {
-        Ok(r) => {
+    let taught = d.teach(paths, &flowspect::models::TeachConfig::default(), sink, cancel).and_then(|r| {
+        match write_to {
+            Some(p) if !r.taught.is_empty() => d.save(p).map(|()| (r, Some(p.to_path_buf()))),
+            _ => Ok((r, None)),
+        }
+    });
+    match taught {
+        Ok((r, written)) => {
             for (p, why) in &r.skipped {
                 sink.report(Progress::Info(format!("not taught {}: {why}", p.display())));
             }
@@ -339,7 +357,7 @@ fn teach(d: &mut Detector, paths: &[PathBuf], undo: &mut Vec<Vec<u8>>, sink: &Si
                 0 => r.summary.clone(),
                 n => format!("{}; {n} already taught", r.summary),
             };
-            sink.send(Event::Taught { meta: Box::new(d.meta.clone()), taught: r.taught.len(), summary, seconds: r.seconds, undo: undo.len() });
+            sink.send(Event::Taught { meta: Box::new(d.meta.clone()), taught: r.taught.len(), summary, seconds: r.seconds, undo: undo.len(), written });
         }
         Err(e) => {
             let dev = d.model.backbone().device().clone();

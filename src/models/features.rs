@@ -271,6 +271,12 @@ pub fn hold_out(feats: &[ImageFeatures], fraction: f64) -> (Vec<&ImageFeatures>,
     (tr, va)
 }
 
+/// The records (path, SHA-256) of the held-out images, for the training report; a file
+/// gone since its features were read is left out.
+pub fn held_out_records(va: &[&ImageFeatures]) -> Vec<super::scoring::FileRecord> {
+    va.iter().filter_map(|f| super::scoring::FileRecord::of(&f.path).ok()).collect()
+}
+
 /// Per-channel mean and standard deviation of `[h, w, C]` feature maps.
 pub fn channel_stats(feats: &[&Tensor]) -> Result<(Tensor, Tensor)> {
     let c = feats.first().map(|t| t.dim(D::Minus1)).transpose()?.unwrap_or(0);

@@ -306,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn absorbing_rows_equals_fitting_on_all_of_them() {
+        // Teach: a Gaussian fitted on 40 rows that absorbs 12 more has the mean and the
+        // shrunk covariance of one fitted on all 52 (the distance statistics stay).
+        let mut rng = Rng::new(11);
+        let rows: Vec<Vec<f32>> = (0..52).map(|i| (0..5).map(|k| (rng.normal() * (1.0 + k as f64) + if i >= 40 { 0.7 } else { 0.0 }) as f32).collect()).collect();
+        let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let all = StageGaussian::fit(5, &refs, 0.2).unwrap();
+        let mut g = StageGaussian::fit(5, &refs[..40], 0.2).unwrap();
+        let before = g.clone();
+        g.absorb(&refs[40..], 40, 0.2).unwrap();
+        for (a, b) in g.mean.iter().zip(&all.mean) {
+            assert!((a - b).abs() < 1e-9, "mean {a} vs {b}");
+        }
+        for (a, b) in g.chol.iter().zip(&all.chol) {
+            assert!((a - b).abs() < 1e-9, "chol {a} vs {b}");
+        }
+        assert_eq!((g.dist_mean, g.dist_std), (before.dist_mean, before.dist_std));
+        assert!(g.absorb(&[&[1.0f32, 2.0][..]], 52, 0.2).is_err(), "a row of the wrong size");
+    }
+
+    #[test]
     fn cholesky_reproduces_the_matrix_and_rejects_singular_ones() {
         let a = vec![4.0, 0.0, 0.0, 2.0, 5.0, 0.0, -2.0, 1.0, 6.0];
         let l = cholesky(a.clone(), 3).unwrap();

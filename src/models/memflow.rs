@@ -33,7 +33,7 @@ use super::flow::{FlowConfig, RealNvp};
 use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
-use super::{AnomalyModel, StoredTensors, varmap_tensors};
+use super::{AnomalyModel, StoredTensors, TeachConfig, varmap_tensors};
 use crate::detector::DetectorConfig;
 use crate::backbone::EfficientNet;
 use crate::backbone::config::STAGE_STRIDE;
@@ -290,48 +290,11 @@ impl MemFlow {
         // Calibration on the held-out good images (training ones if none held out).
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
-        let raw = model.raw_maps(&cal_set, cancel)?;
-        if cfg.position_norm {
-            let (pm, ps) = position_stats(raw.iter().map(|r| &r.memory));
-            let mut fm = Vec::new();
-            let mut fs = Vec::new();
-            for i in 0..model.flows.len() {
-                let (m, s) = position_stats(raw.iter().map(|r| &r.flows[i]));
-                fm.extend(m);
-                fs.extend(s);
-            }
-            model.calibration = Calibration {
-                position_mean: pm,
-                position_scale: ps,
-                flow_position_mean: fm,
-                flow_position_scale: fs,
-                ..Default::default()
-            };
-        }
-        // A held-out map normalised by statistics that include it looks more normal than
-        // any new image's (its maximum is pulled towards the mean), which set the threshold
-        // too low: normalise each with the other held-out maps' statistics (as NF-BMR does).
-        let positions = std::mem::take(&mut model.calibration);
-        let raw = if cfg.position_norm && raw.len() > 2 {
-            let memory = loo_position_normalise(&raw.iter().map(|r| r.memory.as_slice()).collect::<Vec<_>>());
-            let mut flows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); raw.len()];
-            for i in 0..model.flows.len() {
-                let scale = loo_position_normalise(&raw.iter().map(|r| r.flows[i].as_slice()).collect::<Vec<_>>());
-                for (f, m) in flows.iter_mut().zip(scale) {
-                    f.push(m);
-                }
-            }
-            // Already normalised: `finish` runs without position statistics.
-            memory.into_iter().zip(flows).map(|(memory, flows)| RawMaps { memory, flows }).collect()
-        } else {
-            model.calibration = positions.clone();
-            raw
-        };
-        let scored = model.finish(&cal_set, raw);
-        model.calibration = calibrate(&scored, cfg.score, positions);
+        model.calibrate_on(&cal_set, cancel)?;
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),
+            held_out: features::held_out_records(&va),
             skipped,
             feature_seconds,
             flow: histories.first().cloned().unwrap_or_default(),
@@ -348,6 +311,53 @@ impl MemFlow {
         let s = self.cfg.tap.image_size;
         let up = postprocess::resize_bilinear(m, grid, grid, s, s);
         postprocess::gaussian_blur(&up, s, s, self.cfg.smoothing_sigma)
+    }
+
+    /// Sets the calibration (position statistics of the memory and flow maps, score
+    /// statistics) from good images the model did not train on: the held-out images at
+    /// training, and again after a teach.
+    fn calibrate_on(&mut self, cal_set: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
+        self.calibration = Calibration::default();
+        let raw = self.raw_maps(cal_set, cancel)?;
+        if self.cfg.position_norm {
+            let (pm, ps) = position_stats(raw.iter().map(|r| &r.memory));
+            let mut fm = Vec::new();
+            let mut fs = Vec::new();
+            for i in 0..self.flows.len() {
+                let (m, s) = position_stats(raw.iter().map(|r| &r.flows[i]));
+                fm.extend(m);
+                fs.extend(s);
+            }
+            self.calibration = Calibration {
+                position_mean: pm,
+                position_scale: ps,
+                flow_position_mean: fm,
+                flow_position_scale: fs,
+                ..Default::default()
+            };
+        }
+        // A held-out map normalised by statistics that include it looks more normal than
+        // any new image's (its maximum is pulled towards the mean), which set the threshold
+        // too low: normalise each with the other held-out maps' statistics (as NF-BMR does).
+        let positions = std::mem::take(&mut self.calibration);
+        let raw = if self.cfg.position_norm && raw.len() > 2 {
+            let memory = loo_position_normalise(&raw.iter().map(|r| r.memory.as_slice()).collect::<Vec<_>>());
+            let mut flows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); raw.len()];
+            for i in 0..self.flows.len() {
+                let scale = loo_position_normalise(&raw.iter().map(|r| r.flows[i].as_slice()).collect::<Vec<_>>());
+                for (f, m) in flows.iter_mut().zip(scale) {
+                    f.push(m);
+                }
+            }
+            // Already normalised: `finish` runs without position statistics.
+            memory.into_iter().zip(flows).map(|(memory, flows)| RawMaps { memory, flows }).collect()
+        } else {
+            self.calibration = positions.clone();
+            raw
+        };
+        let scored = self.finish(cal_set, raw);
+        self.calibration = calibrate(&scored, self.cfg.score, positions);
+        Ok(())
     }
 
     /// Memory and per-scale flow maps at the input size, smoothed, not yet normalised.
@@ -523,8 +533,11 @@ impl AnomalyModel for MemFlow {
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
     }
+    fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
+        self.calibrate_on(held_out, cancel)
+    }
     /// The images' patches join the memory bank (the flows stay as trained).
-    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _how: &TeachConfig, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
         let bsl = self.bank_slices()?;
         let raw: Vec<Tensor> = feats.iter().map(|f| bank_features(&f.features, &bsl)).collect::<Result<_>>()?;
         let before = self.bank.len();

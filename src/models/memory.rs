@@ -468,6 +468,24 @@ mod tests {
     }
 
     #[test]
+    fn teaching_a_bank_adds_the_rows_it_covers_worst() {
+        // A bank of the points 0..5 on a line; candidates at 2 (already covered), 20, 9
+        // and 19.5: the farthest-first rule takes 20, then 9 (19.5 is covered by 20), and
+        // never a row the bank already holds.
+        let row = |x: f32| vec![x, 0.0];
+        let bank: Vec<f32> = (0..5).flat_map(|i| row(i as f32)).collect();
+        let mut b = MemoryBank::new(Tensor::from_vec(bank, (5, 2), &Device::Cpu).unwrap()).unwrap();
+        let cand: Vec<f32> = [2.0, 20.0, 9.0, 19.5].into_iter().flat_map(row).collect();
+        let cand = Tensor::from_vec(cand, (4, 2), &Device::Cpu).unwrap();
+        let cancel = CancelToken::new();
+        assert_eq!(farthest_from_bank(&b, &cand, 2, &cancel).unwrap(), vec![1, 2]);
+        assert_eq!(b.extend_farthest(&cand, 10, &cancel).unwrap(), 3, "all but the covered row");
+        assert_eq!(b.len(), 8);
+        let d = b.nearest_distance(&cand).unwrap().to_vec1::<f32>().unwrap();
+        assert!(d.iter().all(|v| *v < 1e-3), "every candidate is in the bank now: {d:?}");
+    }
+
+    #[test]
     fn coreset_keeps_the_farthest_points() {
         // 200 points in a small cluster around the origin and 4 far outliers: a
         // coreset of 5 starting inside the cluster picks every outlier, farthest first.

@@ -52,15 +52,35 @@ pub trait AnomalyModel: Send + Sync {
     fn set_region_stride(&mut self, _s: usize) -> Result<()> {
         Err(Error::Config("only nf-bmr models have a region score".into()))
     }
+    /// Recomputes the calibration (map statistics, score statistics) from good images
+    /// the model did not train on: after a teach, the held-out images scored again.
+    fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()>;
     /// Absorbs good images without retraining (the review's "teach"): the parts of the
     /// model that can take new good data cheaply. `prior` is how many good images
     /// trained it. Returns what changed, in words.
-    fn teach(&mut self, _feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, _cancel: &CancelToken) -> Result<String> {
+    fn teach(&mut self, _feats: &[&ImageFeatures], _prior: usize, _how: &TeachConfig, _progress: &dyn ProgressSink, _cancel: &CancelToken) -> Result<String> {
         Err(Error::Config("this method cannot be taught new good images".into()))
     }
     /// Size of the memory bank in bytes, for methods with one.
     fn bank_bytes(&self) -> Option<usize> {
         None
+    }
+}
+
+/// What a teach may change beyond the memory banks, where a method has more to teach
+/// (NF-BMR: its global Gaussian and its BMR). The defaults were chosen on magnetic_tile's
+/// teach measurement (README, "Label and teach").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TeachConfig {
+    /// Update the pooled-feature Gaussian of the image score with the taught images.
+    pub global: bool,
+    /// AdamW steps of the BMR on the taught images (0: none).
+    pub fine_tune_steps: usize,
+}
+
+impl Default for TeachConfig {
+    fn default() -> Self {
+        Self { global: true, fine_tune_steps: 30 }
     }
 }
 

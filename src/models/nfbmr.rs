@@ -34,7 +34,7 @@ use super::region::{self, RegionConfig};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, check_global, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use crate::backbone::EfficientNet;
-use super::{AnomalyModel, StoredTensors, varmap_tensors};
+use super::{AnomalyModel, StoredTensors, TeachConfig, varmap_tensors};
 use crate::detector::DetectorConfig;
 use crate::error::{Error, Result};
 use crate::postprocess;
@@ -293,50 +293,11 @@ impl NfBmr {
         // Calibration on the held-out good images (or training ones if none held out).
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
-        // Without position statistics yet, these are the raw smoothed maps.
-        let mut cal = model.score_features(&cal_set)?;
-        if model.cfg.position_norm {
-            let (pm, ps) = position_stats(cal.iter().map(|s| &s.map));
-            let (fm, fs) = position_stats(cal.iter().map(|s| &s.flow_map));
-            model.calibration.position_mean = pm;
-            model.calibration.position_scale = ps;
-            model.calibration.flow_position_mean = fm;
-            model.calibration.flow_position_scale = fs;
-            // Normalised by statistics that include the image itself, a held-out image
-            // looks more normal than any new one (its maximum is pulled towards the
-            // mean), which made the score statistics too tight: normalise each image
-            // with the statistics of the other held-out images instead.
-            if cal.len() > 2 {
-                let maps = loo_position_normalise(&cal.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
-                let flows = loo_position_normalise(&cal.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
-                for (s, (m, f)) in cal.iter_mut().zip(maps.into_iter().zip(flows)) {
-                    (s.map, s.flow_map) = (m, f);
-                }
-            } else {
-                for s in cal.iter_mut() {
-                    model.normalise_positions(&mut s.map, &mut s.flow_map);
-                }
-            }
-            for s in cal.iter_mut() {
-                s.map_max = max_of(&s.map);
-                s.flow_max = max_of(&s.flow_map);
-                s.flow_map = Vec::new();
-            }
-        }
-        if model.region.is_some() {
-            let local = region::pixel_stats(cal.iter().map(|s| s.map.as_slice()));
-            let reg = region::pixel_stats(cal.iter().map(|s| s.region_map.as_slice()));
-            (model.calibration.local_pixel, model.calibration.region_pixel) = (local, reg);
-            for s in cal.iter_mut() {
-                region::fuse(&mut s.map, &s.region_map, local, reg, model.cfg.region.weight);
-                s.region_map = Vec::new();
-            }
-        }
-        let positions = std::mem::take(&mut model.calibration);
-        model.calibration = calibrate(&cal, model.cfg.score, positions);
+        model.calibrate_on(&cal_set)?;
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),
+            held_out: features::held_out_records(&va),
             skipped,
             feature_seconds,
             flow: flow_hist,
@@ -398,6 +359,55 @@ impl NfBmr {
                 }
             }
         }
+    }
+
+    /// Sets the calibration (position statistics, pixel statistics of the fused map,
+    /// score statistics) from good images the networks did not train on: the held-out
+    /// images at training, and again after a teach.
+    fn calibrate_on(&mut self, cal_set: &[&ImageFeatures]) -> Result<()> {
+        // Without position statistics yet, these are the raw smoothed maps.
+        self.calibration = Calibration::default();
+        let mut cal = self.score_features(cal_set)?;
+        if self.cfg.position_norm {
+            let (pm, ps) = position_stats(cal.iter().map(|s| &s.map));
+            let (fm, fs) = position_stats(cal.iter().map(|s| &s.flow_map));
+            self.calibration.position_mean = pm;
+            self.calibration.position_scale = ps;
+            self.calibration.flow_position_mean = fm;
+            self.calibration.flow_position_scale = fs;
+            // Normalised by statistics that include the image itself, a held-out image
+            // looks more normal than any new one (its maximum is pulled towards the
+            // mean), which made the score statistics too tight: normalise each image
+            // with the statistics of the other held-out images instead.
+            if cal.len() > 2 {
+                let maps = loo_position_normalise(&cal.iter().map(|s| s.map.as_slice()).collect::<Vec<_>>());
+                let flows = loo_position_normalise(&cal.iter().map(|s| s.flow_map.as_slice()).collect::<Vec<_>>());
+                for (s, (m, f)) in cal.iter_mut().zip(maps.into_iter().zip(flows)) {
+                    (s.map, s.flow_map) = (m, f);
+                }
+            } else {
+                for s in cal.iter_mut() {
+                    self.normalise_positions(&mut s.map, &mut s.flow_map);
+                }
+            }
+            for s in cal.iter_mut() {
+                s.map_max = max_of(&s.map);
+                s.flow_max = max_of(&s.flow_map);
+                s.flow_map = Vec::new();
+            }
+        }
+        if self.region.is_some() {
+            let local = region::pixel_stats(cal.iter().map(|s| s.map.as_slice()));
+            let reg = region::pixel_stats(cal.iter().map(|s| s.region_map.as_slice()));
+            (self.calibration.local_pixel, self.calibration.region_pixel) = (local, reg);
+            for s in cal.iter_mut() {
+                region::fuse(&mut s.map, &s.region_map, local, reg, self.cfg.region.weight);
+                s.region_map = Vec::new();
+            }
+        }
+        let positions = std::mem::take(&mut self.calibration);
+        self.calibration = calibrate(&cal, self.cfg.score, positions);
+        Ok(())
     }
 
     /// Scores images whose features are already extracted.
@@ -550,10 +560,13 @@ impl AnomalyModel for NfBmr {
     fn set_region_stride(&mut self, s: usize) -> Result<()> {
         self.adjust_region(RegionConfig { stride: s, ..self.cfg.region })
     }
+    fn recalibrate(&mut self, held_out: &[&ImageFeatures], _cancel: &CancelToken) -> Result<()> {
+        self.calibrate_on(held_out)
+    }
     /// The images' window means join the region bank (farthest first, a tenth of
     /// them), their pooled features update the global Gaussian (weighed as `prior`
     /// training images), and the BMR takes a few fine-tuning steps on them.
-    fn teach(&mut self, feats: &[&ImageFeatures], prior: usize, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+    fn teach(&mut self, feats: &[&ImageFeatures], prior: usize, how: &TeachConfig, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
         let ys: Vec<Tensor> = feats
             .iter()
             .map(|f| Ok(f.features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?))
@@ -570,13 +583,13 @@ impl AnomalyModel for NfBmr {
             let added = bank.extend_farthest(&cand, want.max(ys.len()), cancel)?;
             said.push(format!("region bank {before} -> {} rows (+{added})", before + added));
         }
-        if let Some(g) = &mut self.global {
+        if let Some(g) = self.global.as_mut().filter(|_| how.global) {
             let pooled: Vec<&[Vec<f32>]> = feats.iter().map(|f| f.global.as_slice()).collect();
             g.absorb(&pooled, prior.max(2), self.cfg.global_shrinkage)?;
             said.push(format!("global Gaussian updated ({prior} + {} images)", feats.len()));
         }
-        if TEACH_BMR_STEPS > 0 {
-            let steps = self.fine_tune_bmr(&ys, progress, cancel)?;
+        if how.fine_tune_steps > 0 {
+            let steps = self.fine_tune_bmr(&ys, how.fine_tune_steps, progress, cancel)?;
             said.push(format!("BMR fine-tuned {steps} steps"));
         }
         Ok(said.join(", "))
@@ -585,16 +598,15 @@ impl AnomalyModel for NfBmr {
 
 /// Fraction of a taught image's region windows that may join the region bank.
 const TEACH_REGION_RATIO: f64 = 0.1;
-/// BMR fine-tuning on taught images: AdamW steps (0: none), learning rate, and the
-/// weight of the squared distance to the trained weights.
-const TEACH_BMR_STEPS: usize = 30;
+/// BMR fine-tuning on taught images: learning rate, and the weight of the squared
+/// distance to the trained weights.
 const TEACH_BMR_LR: f64 = 1e-4;
 const TEACH_BMR_ANCHOR: f64 = 1e-2;
 
 impl NfBmr {
     /// A few AdamW steps of the BMR on taught images' features, pulled back towards the
     /// trained weights (an L2 anchor), so the map forgets little of the training set.
-    fn fine_tune_bmr(&mut self, ys: &[Tensor], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<usize> {
+    fn fine_tune_bmr(&mut self, ys: &[Tensor], steps: usize, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<usize> {
         use candle_nn::{AdamW, Optimizer, ParamsAdamW};
         let zs: Vec<Tensor> = ys
             .iter()
@@ -608,8 +620,8 @@ impl NfBmr {
         let vars = self.bmr_vars.all_vars();
         let anchor: Vec<Tensor> = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<_>>()?;
         let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: TEACH_BMR_LR, weight_decay: 0.0, ..Default::default() })?;
-        progress.report(Progress::Stage { name: "teaching: BMR".into(), total: TEACH_BMR_STEPS });
-        for step in 0..TEACH_BMR_STEPS {
+        progress.report(Progress::Stage { name: "teaching: BMR".into(), total: steps });
+        for step in 0..steps {
             cancel.check()?;
             let mut loss = self.bmr.loss(&y, &z)?;
             for (v, a) in vars.iter().zip(&anchor) {
@@ -618,6 +630,6 @@ impl NfBmr {
             opt.backward_step(&loss)?;
             progress.report(Progress::Step { done: step + 1 });
         }
-        Ok(TEACH_BMR_STEPS)
+        Ok(steps)
     }
 }

@@ -18,7 +18,7 @@
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, max_of};
-use super::{AnomalyModel, StoredTensors};
+use super::{AnomalyModel, StoredTensors, TeachConfig};
 use crate::backbone::EfficientNet;
 use crate::detector::DetectorConfig;
 use crate::error::{Error, Result};
@@ -133,11 +133,11 @@ impl PatchCore {
         (model.bank, model.bank_mean, model.bank_std) = (bank.bank, bank.mean, bank.std);
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
-        let scored = model.score_features(&cal_set, cancel)?;
-        model.calibration = calibrate(&scored, ScoreKind::MapMax, Calibration::default());
+        model.calibrate_on(&cal_set, cancel)?;
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),
+            held_out: features::held_out_records(&va),
             skipped,
             feature_seconds,
             total_seconds: t0.elapsed().as_secs_f64(),
@@ -145,6 +145,14 @@ impl PatchCore {
             ..Default::default()
         };
         Ok((model, report))
+    }
+
+    /// The score statistics of good images the model did not train on (held out at
+    /// training, and again after a teach).
+    fn calibrate_on(&mut self, cal_set: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
+        let scored = self.score_features(cal_set, cancel)?;
+        self.calibration = calibrate(&scored, ScoreKind::MapMax, Calibration::default());
+        Ok(())
     }
 
     /// `[n, h, w, C]` features -> `[n, h, w]` distance to the nearest bank patch (on the CPU).
@@ -242,7 +250,10 @@ impl AnomalyModel for PatchCore {
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
     }
-    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
+    fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
+        self.calibrate_on(held_out, cancel)
+    }
+    fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _how: &TeachConfig, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
         let raw: Vec<&Tensor> = feats.iter().map(|f| &f.features).collect();
         let before = self.bank.len();
         let added = teach_bank(&mut self.bank, &raw, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood, self.cfg.coreset_ratio, cancel)?;

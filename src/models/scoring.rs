@@ -132,6 +132,25 @@ pub struct TrainReport {
     /// (set by the command line; `None` in the app and in older files).
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
+    /// The held-out good images (path and SHA-256 of the bytes when trained), which
+    /// calibrate the model again after a teach (empty in older files).
+    #[serde(default)]
+    pub held_out: Vec<FileRecord>,
+}
+
+/// A file by path and the SHA-256 of its bytes, as a model file records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub sha256: String,
+}
+
+impl FileRecord {
+    /// The record of the file at `path` as it is now.
+    pub fn of(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self { path: path.display().to_string(), sha256: crate::line::sha256_hex(&bytes) })
+    }
 }
 
 /// Refuses a configuration whose image score needs pooled stages it does not have.
