@@ -59,7 +59,8 @@ pub struct App {
     /// Teaches Undo can take back.
     pub undo_depth: usize,
     /// Verdict counts before the last teach, until the rescoring after it ends.
-    teach_before: Option<flowspect::inspection::VerdictCounts>,
+    /// and the taught images' scores before it (index, score).
+    teach_before: Option<(flowspect::inspection::VerdictCounts, Vec<(usize, f32)>)>,
     /// What the last teach changed, in words.
     pub last_teach: Option<String>,
     /// The open project file, autosaved after every change.
@@ -433,7 +434,9 @@ impl App {
             self.report_error("teaching", "pick the images to add first (click, ctrl-click or shift-click on the grid)");
             return;
         }
-        self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
+        let taught: Vec<(usize, f32)> =
+            self.targets().into_iter().filter_map(|i| self.entries.get(i)?.result.as_ref().map(|r| (i, r.score))).collect();
+        self.teach_before = Some((super::state::counts(&self.entries, &self.settings.active_thresholds()), taught));
         let job = Job::new("teaching");
         let write_to = self.model.as_ref().and_then(|m| m.path.clone());
         let cmd = Command::Teach { paths, write_to, cancel: job.cancel.clone() };
@@ -444,7 +447,7 @@ impl App {
         if self.busy() || self.undo_depth == 0 {
             return;
         }
-        self.teach_before = Some(super::state::counts(&self.entries, &self.settings.active_thresholds()));
+        self.teach_before = Some((super::state::counts(&self.entries, &self.settings.active_thresholds()), Vec::new()));
         let write_to = self.model.as_ref().and_then(|m| m.path.clone());
         self.send(Command::Undo { write_to }, Job::new("undo"));
     }
@@ -593,6 +596,10 @@ impl App {
         self.results_generation += 1;
         self.scores_generation += 1;
         self.view = None;
+        // The image under review is loaded again (its view held the old scores' heatmap).
+        if let Some(i) = self.selected.take() {
+            self.select(i);
+        }
     }
 
     /// Handles everything the worker, the loaders and the dialogs sent since last frame.
@@ -736,13 +743,24 @@ impl App {
                 if std::mem::take(&mut self.pending_score) {
                     self.start_scoring();
                 } else if self.job.is_none()
-                    && let Some(b) = self.teach_before.take()
+                    && let Some((b, taught)) = self.teach_before.take()
                 {
                     let a = super::state::counts(&self.entries, &self.settings.active_thresholds());
-                    let line = format!(
+                    let mut line = format!(
                         "false alarms {} -> {}, escapes {} -> {}, rejects {} -> {}",
                         b.fp, a.fp, b.fn_, a.fn_, b.reject, a.reject
                     );
+                    let changed: Vec<String> = taught
+                        .iter()
+                        .filter_map(|&(i, before)| {
+                            let e = self.entries.get(i)?;
+                            Some(format!("{} {before:.4} -> {:.4}", e.name(), e.result.as_ref()?.score))
+                        })
+                        .collect();
+                    if !changed.is_empty() {
+                        let more = if changed.len() > 3 { format!(" and {} more", changed.len() - 3) } else { String::new() };
+                        line = format!("{}{more}; {line}", changed[..changed.len().min(3)].join(", "));
+                    }
                     self.say(line.clone());
                     self.last_teach = Some(line);
                 }

@@ -529,8 +529,12 @@ fn label_teach_undo_and_project_round_trip() {
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     let after = h.state().entries[fr].result.as_ref().unwrap().score;
     assert!(after < before * 0.999, "taught image still rejected: {before} -> {after}");
+    // The image under review comes back with the new scores (not a spinner forever).
+    wait_until(&mut h, 60, "the reviewed image", |a| a.view.is_some() && a.selected == Some(fr));
     assert_eq!(h.state().model.as_ref().unwrap().meta.taught.len(), 1);
-    assert!(h.state().last_teach.as_deref().unwrap().contains("rejects"), "{:?}", h.state().last_teach);
+    let said = h.state().last_teach.clone().unwrap();
+    let name = h.state().entries[fr].name();
+    assert!(said.starts_with(&format!("{name} {before:.4} -> {after:.4}; false alarms")) && said.contains(", rejects "), "{said}");
     // The model file was replaced by the taught model (its held-out image recalibrated it).
     let on_disk = flowspect::detector::Detector::read_meta(&model).unwrap();
     assert_eq!(on_disk.taught.len(), 1);
