@@ -19,11 +19,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 export XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
 LINE=$W/line
 mkdir -p "$LINE"
-if [ -z "${DISPLAY:-}" ]; then
-  Xvfb :78 -screen 0 1400x900x24 >/dev/null 2>&1 &
-  export DISPLAY=:78
-  sleep 2
-fi
+. scripts/xvfb-common.sh
+start_display 78
 "$BIN" gui --model "$MODEL" --inspect "$LINE" --start-inspect --tab inspect 2>"$W/app.log" &
 APP=$!
 for _ in $(seq 120); do grep -q "inspection log" "$W/app.log" && break; sleep 1; done

@@ -51,20 +51,8 @@ TEACH=$(tail -n +2 "$W/pred/scores.csv" | awk -F, -v d="$DEFECT_AT" '{
   if (index(d, " " i " ") == 0 && $2 > best) { best = $2; at = i } } END { print at }')
 echo "teaching part-$(printf %02d "$TEACH").jpg"
 
-if [ -z "${DISPLAY:-}" ]; then
-  Xvfb :79 -screen 0 1400x900x24 >/dev/null 2>&1 &
-  export DISPLAY=:79
-  sleep 2
-fi
-wait_for() {
-  for _ in $(seq "$3"); do
-    grep -q "$2" "$1" && return 0
-    sleep 1
-  done
-  echo "timed out waiting for '$2' in $1" >&2
-  tail -5 "$1" >&2
-  return 1
-}
+. scripts/xvfb-common.sh
+start_display 79
 "$BIN" gui --test "$LINE" --model "$W/model.fsm" --score --tab review --select 0 2>"$W/app.log" &
 APP=$!
 wait_for "$W/app.log" "scoring ended" 600

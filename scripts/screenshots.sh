@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Screenshots of the app's main views, in a real window under Xvfb, on the real
-# magnetic-tile images in ../shared/data. Writes screenshots/{train,data,threshold,review,inspect}.png.
+# magnetic-tile images in ../shared/data. Writes screenshots/{train,data,threshold,review,inspect}.png
+# and labels-grid.png, labels-review.png, teach.png.
 #
 # Needs (Debian 12): xvfb xauth libgl1-mesa-dri libxcursor1 libxi6 libxkbcommon-x11-0
 #                    imagemagick xdotool
@@ -23,20 +24,8 @@ MODEL=${1:-$W/model.fsm}
 if [ ! -f "$MODEL" ]; then
   "$BIN" train --data "$MT" --limit 300 --epochs 5 --device cpu --out "$MODEL"
 fi
-Xvfb :77 -screen 0 1400x900x24 >/dev/null 2>&1 &
-export DISPLAY=:77
-sleep 2
-
-# Waits until the app's log (its stderr) has a line matching $2; at most $3 seconds.
-wait_for() {
-  for _ in $(seq "$3"); do
-    grep -q "$2" "$1" && return 0
-    sleep 1
-  done
-  echo "timed out waiting for '$2' in $1" >&2
-  tail -5 "$1" >&2
-  return 1
-}
+. scripts/xvfb-common.sh
+start_display 77
 focus() { xdotool search --sync --name flowspect windowfocus --sync 2>/dev/null || true; sleep 1; }
 
 # 1. Training in progress: a quick model on 200 images, the loss curves filling in.
@@ -62,4 +51,6 @@ import -window root "$OUT/review.png"
 kill $APP; wait $APP 2>/dev/null || true
 # 5. The Inspect tab running on parts that arrive one by one.
 scripts/screenshot-inspect.sh "$MODEL"
+# 6-8. Labels on an unlabeled folder, and a false reject taught (on a copy of MODEL).
+scripts/screenshot-teach.sh "$MODEL"
 echo "screenshots written to $OUT/"
