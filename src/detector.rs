@@ -268,13 +268,6 @@ pub struct TeachReport {
     pub seconds: f64,
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 pub struct Detector {
     pub meta: ModelMeta,
     pub model: Model,
@@ -339,7 +332,7 @@ impl Detector {
             threshold_rule: Some(rule),
             review_threshold: None,
             training: report,
-            created_unix: now_unix(),
+            created_unix: crate::fsutil::unix_now(),
             flowspect_version: env!("CARGO_PKG_VERSION").into(),
             taught: Vec::new(),
         };
@@ -460,7 +453,7 @@ impl Detector {
         report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, how, progress, cancel)?;
         let recal = self.recalibrate(progress, cancel)?;
         report.summary = format!("{}; {recal}", report.summary);
-        let now = now_unix();
+        let now = crate::fsutil::unix_now();
         for f in &feats {
             if let Some((_, h)) = hashes.iter().find(|(q, _)| *q == f.path) {
                 self.meta.taught.push(TaughtImage { path: f.path.display().to_string(), sha256: h.clone(), taught_unix: now });

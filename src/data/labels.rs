@@ -59,7 +59,7 @@ impl Labels {
 
     /// Sets (`Some`) or clears (`None`) the label of each image and rewrites the sidecar.
     pub fn set(&mut self, images: &[&Path], label: Option<bool>) -> Result<()> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = crate::fsutil::unix_now();
         for p in images {
             let k = self.key(p);
             match label {

@@ -231,7 +231,13 @@ impl App {
                     Ok(l) => l,
                     Err(e) => {
                         // Kept aside, not overwritten: the next label written starts a new file.
-                        self.report_error("labels", format!("{e} (labels not loaded)"));
+                        let side = data::Labels::sidecar_path(&root);
+                        let aside = side.with_extension(format!("csv.unreadable-{}", flowspect::fsutil::unix_now()));
+                        let kept = match std::fs::rename(&side, &aside) {
+                            Ok(()) => format!("moved to {}", aside.display()),
+                            Err(r) => format!("could not move it aside: {r}"),
+                        };
+                        self.report_error("labels", format!("{e} (labels not loaded; the file was {kept})"));
                         data::Labels { dir: root.clone(), by_path: Default::default() }
                     }
                 };

@@ -597,3 +597,36 @@ fn label_teach_undo_and_project_round_trip() {
 fn h_entry_path(dir: &Path, i: usize) -> PathBuf {
     flowspect::data::list_images(dir).unwrap().into_iter().nth(i).unwrap()
 }
+
+/// A malformed label sidecar is reported by name and moved aside (not overwritten by the
+/// next label), and labelling goes on in a new sidecar.
+#[test]
+fn a_malformed_label_sidecar_is_kept_aside() {
+    let dir = tempdir("badlabels");
+    let unl = dir.join("unlabeled");
+    copy_first(&magnetic_tile().join("test/good"), &unl, 2);
+    let side = flowspect::data::Labels::sidecar_path(&unl);
+    std::fs::write(&side, "path,label,time\na.png,maybe,1\n").unwrap();
+    let mut s = tiny_settings(&unl);
+    s.train_dir = String::new();
+    s.tab = Tab::Review;
+    let mut h = harness(s);
+    h.run_steps(2);
+    let errs = h.state().errors.join("\n");
+    assert!(errs.contains("flowspect-labels.csv") && errs.contains("line 2") && errs.contains("moved to"), "{errs}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(&unl)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("flowspect-labels.csv.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), "path,label,time\na.png,maybe,1\n");
+    h.state_mut().select(1);
+    h.run_steps(3);
+    h.key_press(egui::Key::D);
+    h.run_steps(2);
+    let back = flowspect::data::Labels::open(&unl).unwrap();
+    assert_eq!(back.by_path.len(), 1);
+    assert_eq!(back.get(&h.state().entries[1].sample.path), Some(true));
+    let _ = std::fs::remove_dir_all(&dir);
+}

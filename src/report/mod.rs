@@ -343,11 +343,7 @@ fn commit(staging: &Path, out: &Path) -> Result<()> {
 
 /// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_utc(secs)
+    format_utc(crate::fsutil::unix_now())
 }
 
 /// Formats Unix seconds as a UTC date and time (proleptic Gregorian calendar).
