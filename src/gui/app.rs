@@ -504,7 +504,8 @@ impl App {
         };
         let job = Job::new("the report");
         let cmd = Command::Report {
-            samples: self.entries.iter().map(|e| e.sample.clone()).collect(),
+            // The labels in force: a person's from the review over the folder's.
+            samples: self.entries.iter().map(|e| data::Sample { defect: e.label(), ..e.sample.clone() }).collect(),
             options,
             out,
             cancel: job.cancel.clone(),

@@ -509,6 +509,16 @@ fn label_teach_undo_and_project_round_trip() {
     let side = flowspect::data::Labels::open(&unl).unwrap();
     assert_eq!(side.by_path.len(), 3, "sidecar: {:?}", side.by_path);
 
+    // A report exported now carries the person's labels (column 2), the rest unlabeled.
+    let out = dir.join("report");
+    h.state_mut().settings.report_dir = out.display().to_string();
+    h.state_mut().export_report();
+    wait_until(&mut h, 300, "the report", |a| !a.busy());
+    let mut rdr = csv::Reader::from_path(out.join(flowspect::report::CSV_FILE)).unwrap();
+    let mut labels: Vec<String> = rdr.records().map(|r| r.unwrap()[2].to_string()).collect();
+    labels.sort();
+    assert_eq!(labels, ["", "", "", "defect", "good", "good"], "report labels");
+
     // The Threshold tab works on the three labeled images.
     h.state_mut().settings.tab = Tab::Threshold;
     h.run_steps(3);
