@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
                 i += 1;
             }
             "--no-global" => how.global = false,
+            "--keep-calibration" => how.recalibrate = false,
             "--out" => {
                 out = a.get(i + 1).cloned();
                 i += 1;

@@ -451,7 +451,11 @@ impl Detector {
         progress.report(Progress::Stage { name: "teaching: model".into(), total: 0 });
         let prior = self.meta.training.n_train + self.meta.taught.len();
         report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, how, progress, cancel)?;
-        let recal = self.recalibrate(progress, cancel)?;
+        let recal = if how.recalibrate {
+            self.recalibrate(progress, cancel)?
+        } else {
+            format!("calibration and threshold {:.5} kept (not recalibrated)", self.meta.threshold)
+        };
         report.summary = format!("{}; {recal}", report.summary);
         let now = crate::fsutil::unix_now();
         for f in &feats {

@@ -204,8 +204,8 @@ fn benchmark_writes_one_table_of_every_run() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/set"));
 }
 
-/// `flowspect teach`: a tiny NF-BMR model (region bank, global Gaussian and BMR all
-/// taught) absorbs two real good tiles; the written model records them, has a larger
+/// `flowspect teach`: a tiny NF-BMR model (region bank, global Gaussian and, asked for,
+/// a few BMR steps) absorbs two real good tiles; the written model records them, has a larger
 /// region bank, scores them lower than before, is recalibrated on its three held-out
 /// images (the threshold follows the default rule), loads back, and refuses to teach the
 /// same bytes twice. With two held-out images gone, a teach keeps the threshold and says why.
@@ -237,10 +237,20 @@ fn teach_adds_good_images_to_a_model() {
     let (s0, _) = before.score_paths(&goods[..2], &flowspect::progress::NoProgress, &cancel).unwrap();
     let rows0 = before.model.tensors().unwrap().into_iter().find(|(k, _)| k == "region.bank").unwrap().1.dim(0).unwrap();
     let taught = dir.path().join("t.fsm");
-    let out = flowspect().args(["teach", "--model"]).arg(&model).arg("--good").args(&goods[..2]).arg("--out").arg(&taught).args(["--device", "cpu"]).output().unwrap();
+    let out = flowspect()
+        .args(["teach", "--model"])
+        .arg(&model)
+        .arg("--good")
+        .args(&goods[..2])
+        .arg("--out")
+        .arg(&taught)
+        .args(["--device", "cpu", "--fine-tune-steps", "3"])
+        .output()
+        .unwrap();
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(so.contains("taught 2 images") && so.contains("region bank") && so.contains("recalibrated on 3 held-out images"), "{so}");
+    assert!(so.contains("taught 2 images") && so.contains("region bank") && so.contains("global Gaussian updated"), "{so}");
+    assert!(so.contains("BMR fine-tuned 3 steps") && so.contains("recalibrated on 3 held-out images"), "{so}");
     let after = flowspect::detector::Detector::load(&taught, &dev).unwrap();
     assert_eq!(after.meta.taught.len(), 2);
     let (rule_threshold, rule) = flowspect::models::scoring::default_threshold(&after.meta.calibration);

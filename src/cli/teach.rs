@@ -28,6 +28,10 @@ pub struct TeachArgs {
     /// NF-BMR: leave the image score's pooled-feature Gaussian as trained.
     #[arg(long)]
     pub no_global: bool,
+    /// Keep the calibration and the threshold as they are instead of scoring the
+    /// held-out good images again (faster; the threshold then ignores the teach).
+    #[arg(long)]
+    pub keep_calibration: bool,
 }
 
 /// The image files named by `inputs` (files as given, folders listed).
@@ -54,7 +58,7 @@ pub fn teach(a: TeachArgs) -> Result<()> {
     let mut det = Detector::load(&a.model, &dev)?;
     let paths = image_paths(&a.good)?;
     let progress = CliProgress::new();
-    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps };
+    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps, recalibrate: !a.keep_calibration };
     let r = det.teach(&paths, &how, &progress, &CancelToken::new())?;
     progress.finish();
     for (p, why) in &r.skipped {
