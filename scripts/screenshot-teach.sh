@@ -70,7 +70,7 @@ for step in 0:g 1:g 2:d 3:g 5:d 7:d; do
 done
 sleep 2
 import -window root "$OUT/labels-review.png"
-xdotool key ctrl+1; sleep 3
+xdotool key ctrl+1; xdotool mousemove 1390 890; sleep 3
 import -window root "$OUT/labels-grid.png"
 xdotool key ctrl+4; sleep 1
 # The false reject: marked good, then taught.
