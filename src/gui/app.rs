@@ -71,6 +71,8 @@ pub struct App {
     /// when it differs from `scores_kept`.
     results_generation: u64,
     scores_kept: u64,
+    /// The thread writing the project's scores (tens of MB: not on the UI thread), if one runs.
+    pub scores_writing: Option<std::sync::mpsc::Receiver<flowspect::Result<usize>>>,
     /// The opened project's score file, restored once its model is loaded.
     pending_restore: Option<PathBuf>,
     /// Bumped whenever scores change; plots cache their curves against it.
@@ -119,6 +121,7 @@ impl App {
             project_saved: String::new(),
             results_generation: 0,
             scores_kept: 0,
+            scores_writing: None,
             pending_restore: None,
             scores_generation: 0,
             thumbs: HashMap::new(),
@@ -374,14 +377,30 @@ impl App {
     /// scores once a job that changed them has ended.
     pub fn autosave_project(&mut self) {
         let Some(path) = self.project.clone() else { return };
-        if self.results_generation != self.scores_kept && !self.busy() && self.pending_restore.is_none() {
+        if let Some(rx) = &self.scores_writing {
+            match rx.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Ok(Ok(_)) | Err(std::sync::mpsc::TryRecvError::Disconnected) => self.scores_writing = None,
+                Ok(Err(e)) => {
+                    self.scores_writing = None;
+                    self.report_error("keeping the scores with the project", e);
+                }
+            }
+        }
+        if self.results_generation != self.scores_kept && !self.busy() && self.pending_restore.is_none() && self.scores_writing.is_none() {
             self.scores_kept = self.results_generation;
-            let results: Vec<&ScoredImage> = self.entries.iter().filter_map(|e| e.result.as_ref()).collect();
+            let results: Vec<ScoredImage> = self.entries.iter().filter_map(|e| e.result.clone()).collect();
             if let Some(model) = self.model.as_ref().and_then(|m| m.path.clone())
                 && !results.is_empty()
-                && let Err(e) = super::project::save_scores(&super::project::scores_path(&path), &model, &results)
             {
-                self.report_error("keeping the scores with the project", e);
+                let (tx, rx) = std::sync::mpsc::channel();
+                let file = super::project::scores_path(&path);
+                let ctx = self.ctx.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(super::project::save_scores(&file, &model, &results.iter().collect::<Vec<_>>()));
+                    ctx.request_repaint();
+                });
+                self.scores_writing = Some(rx);
             }
         }
         let p = super::project::Project::from_settings(&self.settings);

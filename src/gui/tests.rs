@@ -567,6 +567,8 @@ fn label_teach_undo_and_project_round_trip() {
     h.state_mut().settings.thresholds.accept_below = 0.123;
     h.state_mut().settings.opacity = 0.8;
     h.run_steps(2);
+    // The scores are written off the UI thread; the crash comes after that.
+    wait_until(&mut h, 60, "the scores written", |a| a.scores_writing.is_none());
     drop(h);
     let side = flowspect::data::Labels::open(&unl).unwrap();
     assert_eq!(side.by_path.len(), 3);
