@@ -469,47 +469,52 @@ impl Detector {
         Ok(report)
     }
 
-    /// After a teach: scores the held-out good images of the training (the model file
-    /// records them with their SHA-256) with the taught model, recalibrates on them and
-    /// sets the default threshold again by the training's rule, so the threshold follows
-    /// the model. The images must be where they were, unchanged; with fewer than half of
-    /// them (or an older model file that does not list them) the calibration and the
-    /// thresholds stay as they were. Returns what happened, in words.
+    /// After a teach: recalibrates the taught model on the training's held-out good
+    /// images and sets the default threshold again by the training's rule, so the
+    /// threshold follows the model. A model that keeps its held-out images' maps
+    /// (MemFlowNet) recalibrates from them; otherwise the images (the model file records
+    /// them with their SHA-256) are scored again: they must be where they were,
+    /// unchanged, and with fewer than half of them (or an older model file that does not
+    /// list them) the calibration and the thresholds stay as they were. Returns what
+    /// happened, in words.
     fn recalibrate(&mut self, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
-        let held = &self.meta.training.held_out;
-        if held.is_empty() {
-            return Ok(format!("threshold {:.5} kept (this model file does not list its held-out images)", self.meta.threshold));
-        }
-        let ok: Vec<PathBuf> = held
-            .iter()
-            .filter(|r| FileRecord::of(Path::new(&r.path)).is_ok_and(|now| now.sha256 == r.sha256))
-            .map(|r| PathBuf::from(&r.path))
-            .collect();
-        if ok.len() * 2 < held.len() || ok.is_empty() {
-            return Ok(format!(
-                "threshold {:.5} kept: only {} of the {} held-out images are where they were, unchanged",
-                self.meta.threshold,
-                ok.len(),
-                held.len()
-            ));
-        }
-        progress.report(Progress::Stage { name: "teaching: recalibration".into(), total: ok.len() });
-        let (feats, _) = features::extract_paths(self.model.backbone(), self.model.tap(), &ok, 8, progress, cancel)?;
-        if feats.is_empty() {
-            return Ok(format!("threshold {:.5} kept: none of the held-out images could be read", self.meta.threshold));
-        }
         let (old_default, _) = default_threshold(&self.meta.calibration);
         let old = self.meta.threshold;
         let by_hand = (old - old_default).abs() > 1e-6 * old_default.abs().max(1.0);
-        self.model.recalibrate(&feats.iter().collect::<Vec<_>>(), cancel)?;
+        progress.report(Progress::Stage { name: "teaching: recalibration".into(), total: 0 });
+        let on = if let Some(n) = self.model.recalibrate_kept(cancel)? {
+            format!("{n} held-out images (kept in the model file)")
+        } else {
+            let held = &self.meta.training.held_out;
+            if held.is_empty() {
+                return Ok(format!("threshold {:.5} kept (this model file does not list its held-out images)", self.meta.threshold));
+            }
+            let ok: Vec<PathBuf> = held
+                .iter()
+                .filter(|r| FileRecord::of(Path::new(&r.path)).is_ok_and(|now| now.sha256 == r.sha256))
+                .map(|r| PathBuf::from(&r.path))
+                .collect();
+            if ok.len() * 2 < held.len() || ok.is_empty() {
+                return Ok(format!(
+                    "threshold {:.5} kept: only {} of the {} held-out images are where they were, unchanged",
+                    self.meta.threshold,
+                    ok.len(),
+                    held.len()
+                ));
+            }
+            progress.report(Progress::Stage { name: "teaching: recalibration".into(), total: ok.len() });
+            let (feats, _) = features::extract_paths(self.model.backbone(), self.model.tap(), &ok, 8, progress, cancel)?;
+            if feats.is_empty() {
+                return Ok(format!("threshold {:.5} kept: none of the held-out images could be read", self.meta.threshold));
+            }
+            self.model.recalibrate(&feats.iter().collect::<Vec<_>>(), cancel)?;
+            format!("{} held-out images", feats.len())
+        };
         let (threshold, rule) = default_threshold(self.model.calibration());
         self.meta.calibration = self.model.calibration().clone();
         if by_hand {
             // A threshold someone set (and saved) stays theirs.
-            return Ok(format!(
-                "recalibrated on {} held-out images; threshold {old:.5} kept (set by hand; the default rule now gives {threshold:.5})",
-                feats.len()
-            ));
+            return Ok(format!("recalibrated on {on}; threshold {old:.5} kept (set by hand; the default rule now gives {threshold:.5})"));
         }
         self.meta.pixel_threshold = self.model.calibration().pixel_p999;
         self.meta.threshold = threshold;
@@ -518,7 +523,7 @@ impl Detector {
         if let Some(r) = &mut self.meta.review_threshold {
             *r += threshold - old;
         }
-        Ok(format!("recalibrated on {} held-out images: threshold {old:.5} -> {threshold:.5}", feats.len()))
+        Ok(format!("recalibrated on {on}: threshold {old:.5} -> {threshold:.5}"))
     }
 
     /// Writes the model file atomically.

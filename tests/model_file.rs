@@ -48,6 +48,71 @@ fn save_load_round_trip_gives_identical_scores() {
     assert!(!names.iter().any(|n| n.starts_with("backbone.head.") || n.starts_with("backbone.classifier.")));
 }
 
+/// A MemFlowNet model keeps its held-out images' maps in the model file, so a teach
+/// recalibrates without reading them again; the calibration equals the one a model
+/// file without them (as older files are) gets by scoring the held-out images again,
+/// after one teach and after a second one on the saved and reloaded model.
+#[test]
+fn memflow_teach_recalibrates_from_kept_maps_as_from_the_images() {
+    let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();
+    let files = first_images(&magnetic_tile().join("train/good"), 9);
+    let mut cfg = tiny_memflow();
+    cfg.val_fraction = 0.34;
+    let det = Detector::train(net, &root(), cfg, &files, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(det.meta.training.held_out.len(), 3);
+    let dir = tempdir("modelfile-memflow-kept");
+    let kept = dir.path().join("kept.fsm");
+    det.save(&kept).unwrap();
+    // Copies `from` to `to` without the kept maps; says whether `from` had them.
+    let strip = |from: &std::path::Path, to: &std::path::Path| {
+        let bytes = std::fs::read(from).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let had = st.names().iter().any(|n| n.starts_with("heldout."));
+        let rest: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| !n.starts_with("heldout.")).collect();
+        std::fs::write(to, safetensors::serialize(rest, header.metadata().clone()).unwrap()).unwrap();
+        had
+    };
+    let bytes = std::fs::read(&kept).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 3 held-out images of 4 x 4 patches at 64 px.
+    assert_eq!(st.tensor("heldout.queries").unwrap().shape()[0], 3 * 16);
+    assert_eq!(st.tensor("heldout.distances").unwrap().shape(), &[3, 4, 4]);
+    let old = dir.path().join("old.fsm");
+    assert!(strip(&kept, &old));
+
+    let good = first_images(&magnetic_tile().join("test/good"), 3);
+    let how = flowspect::models::TeachConfig::default();
+    let teach = |m: &std::path::Path, imgs: &[std::path::PathBuf]| {
+        let mut d = Detector::load(m, &candle_core::Device::Cpu).unwrap();
+        let r = d.teach(imgs, &how, &NoProgress, &CancelToken::new()).unwrap();
+        d.save(m).unwrap();
+        (d, r.summary)
+    };
+    let close = |a: &flowspect::detector::Detector, b: &flowspect::detector::Detector| {
+        let (x, y) = (&a.meta.calibration, &b.meta.calibration);
+        let near = |p: f32, q: f32| (p - q).abs() <= 1e-5 * p.abs().max(1.0);
+        assert!(near(a.meta.threshold, b.meta.threshold), "{} vs {}", a.meta.threshold, b.meta.threshold);
+        assert!(near(x.map_mean, y.map_mean) && near(x.map_std, y.map_std) && near(x.flow_mean, y.flow_mean), "{x:?} vs {y:?}");
+        assert_eq!(x.position_mean.len(), y.position_mean.len());
+        assert!(x.position_mean.iter().zip(&y.position_mean).all(|(p, q)| near(*p, *q)));
+    };
+    let (a, sa) = teach(&kept, &good[..2]);
+    let (b, sb) = teach(&old, &good[..2]);
+    assert!(sa.contains("recalibrated on 3 held-out images (kept in the model file)"), "{sa}");
+    assert!(sb.contains("recalibrated on 3 held-out images:"), "{sb}");
+    // The teach moved the calibration (an added row came nearer to a held-out patch).
+    assert!((a.meta.calibration.map_mean - det.meta.calibration.map_mean).abs() > 1e-6, "{:?}", a.meta.calibration);
+    close(&a, &b);
+    // The older file gets the kept maps at its recalibration and saves them; taken away
+    // again, so that the second teach, too, is checked against the images.
+    assert!(strip(&old.clone(), &old));
+    let (a, sa) = teach(&kept, &good[2..]);
+    let (b, _) = teach(&old, &good[2..]);
+    assert!(sa.contains("kept in the model file"), "{sa}");
+    close(&a, &b);
+}
+
 #[test]
 fn memflow_save_load_round_trip_gives_identical_scores() {
     let net = backbone::load(&root().join(backbone::DEFAULT_BACKBONE), &candle_core::Device::Cpu, BackboneMode::Fast).unwrap();

@@ -30,7 +30,7 @@
 //!   use one of them alone.
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, patch_features, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use super::{AnomalyModel, StoredTensors, TeachConfig, varmap_tensors};
@@ -116,7 +116,67 @@ pub struct MemFlow {
     pub flow_vars: Vec<VarMap>,
     pub flow_norm: Vec<(Tensor, Tensor)>,
     pub calibration: Calibration,
+    /// What the calibration was computed from, kept so that a teach recalibrates
+    /// without reading the held-out images again (`None`: an older model file, no
+    /// held-out images, or more than [`HELD_OUT_KEEP_BYTES`] of them).
+    pub held_out: Option<HeldOutMaps>,
 }
+
+/// The held-out good images as the calibration sees them: each bank query (averaged,
+/// standardised patch feature) with its distance to the nearest bank row, and the
+/// flows' maps. A teach only adds bank rows, so the distances are updated exactly by
+/// searching the added rows alone, and the flows' maps do not change.
+pub struct HeldOutMaps {
+    /// `[n * h * w, D]` on the model's device.
+    queries: Tensor,
+    /// `[n, h, w]` on the CPU.
+    distances: Tensor,
+    /// Per flow stage: `[n, hs, ws]` on the CPU, and `hs`.
+    flows: Vec<(Tensor, usize)>,
+}
+
+impl HeldOutMaps {
+    fn bytes(&self) -> usize {
+        4 * (self.queries.elem_count() + self.distances.elem_count() + self.flows.iter().map(|(t, _)| t.elem_count()).sum::<usize>())
+    }
+
+    fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        out.push(("heldout.queries".into(), self.queries.to_device(&Device::Cpu)?));
+        out.push(("heldout.distances".into(), self.distances.clone()));
+        for (i, (t, _)) in self.flows.iter().enumerate() {
+            out.push((format!("heldout.flow{i}"), t.clone()));
+        }
+        Ok(())
+    }
+
+    /// From a model file; `None` when it has none (older files), an error when they
+    /// do not fit the model.
+    fn load(st: &StoredTensors, dim: usize, flows: usize) -> Result<Option<Self>> {
+        if !st.all.contains_key("heldout.queries") {
+            return Ok(None);
+        }
+        let queries = st.get("heldout.queries")?;
+        let distances = st.get("heldout.distances")?.to_device(&Device::Cpu)?;
+        let (n, h, w) = distances.dims3()?;
+        if queries.dims() != [n * h * w, dim] {
+            return Err(st.bad(format!("held-out queries have shape {:?}, expected [{}, {dim}]", queries.dims(), n * h * w)));
+        }
+        let mut fl = Vec::with_capacity(flows);
+        for i in 0..flows {
+            let t = st.get(&format!("heldout.flow{i}"))?.to_device(&Device::Cpu)?;
+            let (m, hs, _) = t.dims3()?;
+            if m != n {
+                return Err(st.bad(format!("held-out flow map {i} has {m} images, expected {n}")));
+            }
+            fl.push((t, hs));
+        }
+        Ok(Some(Self { queries, distances, flows: fl }))
+    }
+}
+
+/// Held-out maps bigger than this are not kept in the model file (a teach then scores
+/// the held-out images again). The default (256 px, 76 held-out images) needs 15 MB.
+pub const HELD_OUT_KEEP_BYTES: usize = 64 << 20;
 
 /// Raw per-image maps at the input size, before position normalisation.
 struct RawMaps {
@@ -218,6 +278,7 @@ impl MemFlow {
             flow_vars,
             flow_norm,
             calibration: Calibration::default(),
+            held_out: None,
         })
     }
 
@@ -290,7 +351,11 @@ impl MemFlow {
         // Calibration on the held-out good images (training ones if none held out).
         progress.report(Progress::Stage { name: "calibration".into(), total: 0 });
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
-        model.calibrate_on(&cal_set, cancel)?;
+        let held = model.held_out_maps(&cal_set, cancel)?;
+        model.calibrate_from(&held)?;
+        if !va.is_empty() && held.bytes() <= HELD_OUT_KEEP_BYTES {
+            model.held_out = Some(held);
+        }
         let report = TrainReport {
             n_train: tr.len(),
             n_val: va.len(),
@@ -313,12 +378,44 @@ impl MemFlow {
         postprocess::gaussian_blur(&up, s, s, self.cfg.smoothing_sigma)
     }
 
+    /// The held-out images' bank queries, nearest distances and flow maps.
+    fn held_out_maps(&self, set: &[&ImageFeatures], cancel: &CancelToken) -> Result<HeldOutMaps> {
+        let bsl = self.bank_slices()?;
+        let fsl = self.flow_slices()?;
+        let (mut queries, mut distances, mut flows) = (Vec::new(), Vec::new(), vec![Vec::new(); fsl.len()]);
+        for chunk in set.chunks(features::forward_batch(self.backbone.device())) {
+            cancel.check()?;
+            let f = Tensor::stack(&chunk.iter().map(|f| &f.features).collect::<Vec<_>>(), 0)?;
+            let b = patch_features(&bank_features(&f, &bsl)?, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)?;
+            let (n, h, w, c) = b.dims4()?;
+            let b = b.reshape((n * h * w, c))?;
+            distances.push(self.bank.nearest_distance(&b)?.reshape((n, h, w))?.to_device(&Device::Cpu)?);
+            queries.push(b);
+            for (all, (t, _)) in flows.iter_mut().zip(self.flow_nlls(&f, &fsl)?) {
+                all.push(t);
+            }
+        }
+        if queries.is_empty() {
+            return Err(Error::Data("no held-out images to calibrate on".into()));
+        }
+        let flows = flows
+            .into_iter()
+            .map(|parts| {
+                let t = Tensor::cat(&parts, 0)?;
+                let hs = t.dim(1)?;
+                Ok((t, hs))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HeldOutMaps { queries: Tensor::cat(&queries, 0)?, distances: Tensor::cat(&distances, 0)?, flows })
+    }
+
     /// Sets the calibration (position statistics of the memory and flow maps, score
     /// statistics) from good images the model did not train on: the held-out images at
     /// training, and again after a teach.
-    fn calibrate_on(&mut self, cal_set: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
+    fn calibrate_from(&mut self, held: &HeldOutMaps) -> Result<()> {
+        let raw = self.smooth_all(&held.distances, &held.flows)?;
+        let n = raw.len();
         self.calibration = Calibration::default();
-        let raw = self.raw_maps(cal_set, cancel)?;
         if self.cfg.position_norm {
             let (pm, ps) = position_stats(raw.iter().map(|r| &r.memory));
             let mut fm = Vec::new();
@@ -355,7 +452,8 @@ impl MemFlow {
             self.calibration = positions.clone();
             raw
         };
-        let scored = self.finish(cal_set, raw);
+        let size = self.cfg.tap.image_size as u32;
+        let scored = self.finish(vec![(PathBuf::new(), size, size); n], raw);
         self.calibration = calibrate(&scored, self.cfg.score, positions);
         Ok(())
     }
@@ -425,12 +523,12 @@ impl MemFlow {
     }
 
     /// Normalises raw maps per position (when calibrated) and scores them.
-    fn finish(&self, feats: &[&ImageFeatures], raw: Vec<RawMaps>) -> Vec<Scored> {
+    fn finish(&self, images: Vec<(PathBuf, u32, u32)>, raw: Vec<RawMaps>) -> Vec<Scored> {
         let cal = &self.calibration;
         let size = self.cfg.tap.image_size;
         let px = size * size;
         let mut out = Vec::with_capacity(raw.len());
-        for (f, r) in feats.iter().zip(raw) {
+        for ((path, width, height), r) in images.into_iter().zip(raw) {
             let mut map = r.memory;
             if cal.position_mean.len() == map.len() {
                 for ((v, mu), sc) in map.iter_mut().zip(&cal.position_mean).zip(&cal.position_scale) {
@@ -453,9 +551,9 @@ impl MemFlow {
             let map_max = max_of(&map);
             let flow_max = max_of(&flow);
             let mut s = Scored {
-                path: f.path.clone(),
-                width: f.width,
-                height: f.height,
+                path,
+                width,
+                height,
                 map,
                 flow_map: Vec::new(),
                 region_map: Vec::new(),
@@ -473,7 +571,7 @@ impl MemFlow {
 
     pub fn score_features(&self, feats: &[&ImageFeatures], cancel: &CancelToken) -> Result<Vec<Scored>> {
         let raw = self.raw_maps(feats, cancel)?;
-        Ok(self.finish(feats, raw))
+        Ok(self.finish(feats.iter().map(|f| (f.path.clone(), f.width, f.height)).collect(), raw))
     }
 }
 
@@ -488,6 +586,7 @@ impl MemFlow {
             model.flow_norm[i] = (st.get(&format!("flownorm{i}.mean"))?, st.get(&format!("flownorm{i}.std"))?);
         }
         model.calibration = calibration.clone();
+        model.held_out = HeldOutMaps::load(st, model.bank_mean.dim(0)?, model.flows.len())?;
         Ok(model)
     }
 }
@@ -518,6 +617,9 @@ impl AnomalyModel for MemFlow {
             t.push((format!("flownorm{i}.mean"), mean.to_device(&Device::Cpu)?));
             t.push((format!("flownorm{i}.std"), std.to_device(&Device::Cpu)?));
         }
+        if let Some(h) = &self.held_out {
+            h.tensors(&mut t)?;
+        }
         Ok(t)
     }
     fn set_score(&mut self, k: ScoreKind) -> Result<()> {
@@ -534,7 +636,19 @@ impl AnomalyModel for MemFlow {
         Some(self.bank.bytes())
     }
     fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
-        self.calibrate_on(held_out, cancel)
+        let held = self.held_out_maps(held_out, cancel)?;
+        self.calibrate_from(&held)?;
+        if held.bytes() <= HELD_OUT_KEEP_BYTES {
+            self.held_out = Some(held);
+        }
+        Ok(())
+    }
+    fn recalibrate_kept(&mut self, _cancel: &CancelToken) -> Result<Option<usize>> {
+        let Some(held) = self.held_out.take() else { return Ok(None) };
+        let r = self.calibrate_from(&held);
+        let n = held.distances.dim(0)?;
+        self.held_out = Some(held);
+        r.map(|_| Some(n))
     }
     /// The images' patches join the memory bank (the flows stay as trained).
     fn teach(&mut self, feats: &[&ImageFeatures], _prior: usize, _how: &TeachConfig, _progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
@@ -542,6 +656,15 @@ impl AnomalyModel for MemFlow {
         let raw: Vec<Tensor> = feats.iter().map(|f| bank_features(&f.features, &bsl)).collect::<Result<_>>()?;
         let before = self.bank.len();
         let added = teach_bank(&mut self.bank, &raw.iter().collect::<Vec<_>>(), &self.bank_mean, &self.bank_std, self.cfg.neighbourhood, self.cfg.coreset_ratio, cancel)?;
+        // The held-out queries' nearest distances, exactly: the old nearest row or one of
+        // the added rows, whichever is nearer.
+        if let Some(h) = &mut self.held_out
+            && added > 0
+        {
+            let rows = MemoryBank::new(self.bank.bank.narrow(0, before, added)?)?;
+            let d = rows.nearest_distance(&h.queries)?.to_device(&Device::Cpu)?.reshape(h.distances.shape())?;
+            h.distances = h.distances.minimum(&d)?;
+        }
         Ok(format!("memory bank {before} -> {} rows (+{added} patches of {} images)", self.bank.len(), feats.len()))
     }
 }

@@ -55,6 +55,11 @@ pub trait AnomalyModel: Send + Sync {
     /// Recomputes the calibration (map statistics, score statistics) from good images
     /// the model did not train on: after a teach, the held-out images scored again.
     fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()>;
+    /// The same from what the model keeps of its held-out images (no image read):
+    /// `Some(number of images)`, or `None` when it keeps nothing (then [`Self::recalibrate`]).
+    fn recalibrate_kept(&mut self, _cancel: &CancelToken) -> Result<Option<usize>> {
+        Ok(None)
+    }
     /// Absorbs good images without retraining (the review's "teach"): the parts of the
     /// model that can take new good data cheaply. `prior` is how many good images
     /// trained it. Returns what changed, in words.
