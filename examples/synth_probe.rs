@@ -1,10 +1,17 @@
-//! Feasibility probe for a SimpleNet-style detector (issue 16): frozen stage 4 + 5
-//! features (standardised, 3x3 averaged, as MemFlowNet's bank), a linear adaptor and an
-//! MLP discriminator trained against Gaussian-noise feature anomalies. Prints the image
-//! AUROC of the discriminator's map maximum per noise level, beside the nearest-neighbour
-//! distance (a full bank of the same training patches).
+//! Feasibility probe for a SimpleNet / GLASS-style detector (issue 16), before building
+//! it as a method: frozen stage 4 + 5 features (standardised, 3x3 averaged, as
+//! MemFlowNet's bank), a linear adaptor (identity start) and an MLP discriminator
+//! (one hidden layer, leaky ReLU) trained with SimpleNet's truncated L1 loss against
+//! Gaussian-noise feature anomalies and (unless `SYN=0`) synthetic image defects: one
+//! per training image, a thresholded Perlin mask through which either another training
+//! image (flipped, contrast and brightness jittered) or a Perlin texture (random tint) is
+//! blended in; a cell counts as anomalous when a quarter of it is inside the mask.
+//! Prints the image AUROC of the discriminator's map maximum per noise level, alone and
+//! fused with the pooled-feature Gaussian (NF-BMR's global part: the larger of the two
+//! z-scores, z from held-out good images), beside the nearest-neighbour distance to all
+//! training patches. Results are in issue 16's note.
 //!
-//! `cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
+//! `[SYN=0] cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use flowspect::backbone::{self, BackboneMode};
@@ -13,6 +20,67 @@ use flowspect::models::features::{self, FeatureTap};
 use flowspect::models::memory::{MemoryBank, patch_features};
 use flowspect::progress::{CancelToken, NoProgress};
 use std::path::PathBuf;
+
+/// 2-D Perlin noise on an `s x s` grid with `res x res` lattice cells, in about [-1, 1].
+fn perlin(s: usize, res: usize, rng: &mut flowspect::rng::Rng) -> Vec<f32> {
+    let g: Vec<(f32, f32)> = (0..(res + 1) * (res + 1))
+        .map(|_| {
+            let a = rng.uniform() as f32 * std::f32::consts::TAU;
+            (a.cos(), a.sin())
+        })
+        .collect();
+    let fade = |t: f32| t * t * t * (t * (t * 6.0 - 15.0) + 10.0);
+    let mut out = vec![0f32; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            let (fx, fy) = (x as f32 * res as f32 / s as f32, y as f32 * res as f32 / s as f32);
+            let (cx, cy) = (fx as usize, fy as usize);
+            let (tx, ty) = (fx - cx as f32, fy - cy as f32);
+            let dot = |ix: usize, iy: usize| {
+                let (gx, gy) = g[iy * (res + 1) + ix];
+                gx * (tx - (ix - cx) as f32) + gy * (ty - (iy - cy) as f32)
+            };
+            let (u, v) = (fade(tx), fade(ty));
+            let a = dot(cx, cy) + u * (dot(cx + 1, cy) - dot(cx, cy));
+            let b = dot(cx, cy + 1) + u * (dot(cx + 1, cy + 1) - dot(cx, cy + 1));
+            out[y * s + x] = (a + v * (b - a)) * std::f32::consts::SQRT_2;
+        }
+    }
+    out
+}
+
+/// A synthetic defect in a prepared input `[3, s, s]`: a thresholded Perlin mask through
+/// which a texture (another image flipped, with contrast and brightness jitter, or a
+/// Perlin texture) is blended in. Returns the input and the mask.
+fn synthesise(x: &[f32], other: &[f32], s: usize, rng: &mut flowspect::rng::Rng) -> (Vec<f32>, Vec<f32>) {
+    let mask = loop {
+        let res = 1 << (1 + rng.below(4));
+        let p = perlin(s, res, rng);
+        let th = 0.3 + 0.3 * rng.uniform() as f32;
+        let m: Vec<f32> = p.iter().map(|&v| if v > th { 1.0 } else { 0.0 }).collect();
+        let area = m.iter().sum::<f32>() / (s * s) as f32;
+        if (0.005..0.3).contains(&area) {
+            break m;
+        }
+    };
+    let beta = 0.5 + 0.5 * rng.uniform() as f32;
+    let texture: Vec<f32> = if rng.uniform() < 0.5 {
+        let (a, b) = (0.3 + 1.4 * rng.uniform() as f32, (rng.uniform() as f32 - 0.5) * 2.0);
+        (0..3 * s * s).map(|i| {
+            let (c, r) = (i / (s * s), i % (s * s));
+            a * other[c * s * s + (s * s - 1 - r)] + b
+        }).collect()
+    } else {
+        let t = perlin(s, 1 << (2 + rng.below(4)), rng);
+        let (a, tint) = (0.5 + 2.0 * rng.uniform() as f32, [rng.normal() as f32, rng.normal() as f32, rng.normal() as f32]);
+        (0..3 * s * s).map(|i| a * t[i % (s * s)] + tint[i / (s * s)]).collect()
+    };
+    let out = (0..3 * s * s).map(|i| {
+        let m = beta * mask[i % (s * s)];
+        x[i] * (1.0 - m) + texture[i] * m
+    }).collect();
+    (out, mask)
+}
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
@@ -25,13 +93,38 @@ fn main() -> anyhow::Result<()> {
     let net = backbone::load(&PathBuf::from(backbone::DEFAULT_BACKBONE), &dev, BackboneMode::Fast)?;
     let mut tap = FeatureTap::new(256, vec![4, 5]);
     tap.reflect_cells = 2;
-    let train = dataset::spread(&dataset::training_images(&data)?, Some(n_train));
+    tap.global_stages = vec![4, 5, 6];
+    // Every 11th of n_train + n_train / 10 images held out (z-scores for the fusion).
+    let all = dataset::spread(&dataset::training_images(&data)?, Some(n_train + n_train / 10));
+    let held: Vec<PathBuf> = all.iter().step_by(11).cloned().collect();
+    let train: Vec<PathBuf> = all.iter().enumerate().filter(|(i, _)| i % 11 != 0).map(|(_, p)| p.clone()).collect();
+    let (hf, _) = features::extract_paths(&net, &tap, &held, 8, &NoProgress, &CancelToken::new())?;
     let test = dataset::test_samples(&data.join("test"))?;
     let t0 = std::time::Instant::now();
     let (tf, _) = features::extract_paths(&net, &tap, &train, 8, &NoProgress, &CancelToken::new())?;
     let paths: Vec<PathBuf> = test.iter().map(|s| s.path.clone()).collect();
     let (sf, _) = features::extract_paths(&net, &tap, &paths, 8, &NoProgress, &CancelToken::new())?;
     eprintln!("features {} train, {} test in {:.1} s", tf.len(), sf.len(), t0.elapsed().as_secs_f64());
+    // Synthetic defects: one per training image.
+    let t1 = std::time::Instant::now();
+    let norm = net.config().normalization;
+    let inputs: Vec<Vec<f32>> = train.iter().map(|p| Ok(flowspect::data::to_input(&flowspect::data::load_image(p)?, 256, &norm))).collect::<anyhow::Result<_>>()?;
+    let mut srng = flowspect::rng::Rng::new(11);
+    let mut syn_in = Vec::new();
+    let mut syn_mask = Vec::new();
+    for i in 0..inputs.len() {
+        let j = (i + 1 + srng.below(inputs.len() - 1)) % inputs.len();
+        let (x, m) = synthesise(&inputs[i], &inputs[j], 256, &mut srng);
+        syn_in.push(x);
+        syn_mask.push(m);
+    }
+    let mut syn_feats = Vec::new();
+    for ch in syn_in.chunks(8) {
+        let x = flowspect::data::image_io::batch_tensor(ch, 256, &dev)?;
+        syn_feats.push(features::extract(&net, &tap, &x)?);
+    }
+    let syn_feats = Tensor::cat(&syn_feats, 0)?;
+    eprintln!("{} synthetic defects in {:.1} s", syn_in.len(), t1.elapsed().as_secs_f64());
     let labels: Vec<bool> = test.iter().map(|s| s.defect.unwrap_or(false)).collect();
     let trs: Vec<&Tensor> = tf.iter().map(|f| &f.features).collect();
     let (mean, std) = features::channel_stats(&trs)?;
@@ -41,14 +134,54 @@ fn main() -> anyhow::Result<()> {
     };
     let xtr = prep(&tf)?; // [n, h, w, C]
     let xte = prep(&sf)?;
+    let xho = prep(&hf)?;
+    let nh = hf.len();
+    let gauss = flowspect::models::global::GlobalGaussian::fit(&[4, 5, 6], &tf.iter().map(|f| f.global.as_slice()).collect::<Vec<_>>(), 0.1)?;
+    let gte: Vec<f32> = sf.iter().map(|f| gauss.score(&f.global)).collect::<flowspect::error::Result<_>>()?;
+    let gho: Vec<f32> = hf.iter().map(|f| gauss.score(&f.global)).collect::<flowspect::error::Result<_>>()?;
+    let ms = |v: &[f32]| {
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (m, (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / (v.len() - 1) as f32).sqrt())
+    };
+    let fused = |mte: &[f32], mho: &[f32]| -> f64 {
+        let (a, b) = (ms(mho), ms(&gho));
+        let f: Vec<f32> = mte.iter().zip(&gte).map(|(m, g)| ((m - a.0) / a.1).max((g - b.0) / b.1)).collect();
+        flowspect::metrics::auroc(&f, &labels).unwrap_or(f64::NAN)
+    };
+    eprintln!("global Gaussian (stages 4-6): image AUROC {:.4}; {} held out", flowspect::metrics::auroc(&gte, &labels).unwrap_or(f64::NAN), nh);
     let (n, h, w, c) = xtr.dims4()?;
     let m = xte.dim(0)?;
     let ptr = xtr.reshape((n * h * w, c))?;
+    // Synthetic patches whose cell is at least a quarter inside the mask.
+    let xsy = patch_features(&syn_feats, &mean, &std, 3)?.reshape((n * h * w, c))?;
+    let cell = 256 / h;
+    let mut anom = Vec::new();
+    for (i, m) in syn_mask.iter().enumerate() {
+        for cy in 0..h {
+            for cx in 0..w {
+                let mut a = 0.0;
+                for y in cy * cell..(cy + 1) * cell {
+                    for x in cx * cell..(cx + 1) * cell {
+                        a += m[y * 256 + x];
+                    }
+                }
+                if a / (cell * cell) as f32 >= 0.25 {
+                    anom.push((i * h * w + cy * w + cx) as u32);
+                }
+            }
+        }
+    }
+    let n_anom = anom.len();
+    let psy = xsy.index_select(&Tensor::new(anom, &dev)?, 0)?;
+    eprintln!("{n_anom} synthetic anomalous patches");
+    let use_syn = std::env::var("SYN").map(|v| v != "0").unwrap_or(true);
     let pte = xte.reshape((m * h * w, c))?;
     // Nearest-neighbour baseline.
     let t = std::time::Instant::now();
     let bank = MemoryBank::new(ptr.clone())?;
     let d = bank.nearest_distance(&pte)?.reshape((m, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
+    let dho = bank.nearest_distance(&xho.reshape((nh * h * w, c))?)?.reshape((nh, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
+    eprintln!("nn + global fused: {:.4}", fused(&d, &dho));
     let nnd = bank.nearest_distance(&ptr.narrow(0, 0, 4096.min(n * h * w))?)?;
     eprintln!(
         "nn: image AUROC {:.4} ({:.1} s); typical good NN distance (self, 0) / test good median max {:.3}",
@@ -87,17 +220,24 @@ fn main() -> anyhow::Result<()> {
             let fake = (&q + noise)?;
             let ts = disc(&q)?;
             let fs = disc(&fake)?;
-            let loss = ((ts.affine(-1.0, 0.5)?.relu()?.mean_all()? + fs.affine(1.0, 0.5)?.relu()?.mean_all()?))?;
+            let mut loss = ((ts.affine(-1.0, 0.5)?.relu()?.mean_all()? + fs.affine(1.0, 0.5)?.relu()?.mean_all()?))?;
+            if use_syn {
+                let idx: Vec<u32> = (0..batch / 2).map(|_| (rng.next_u64() % n_anom as u64) as u32).collect();
+                let sy = adaptor.forward(&psy.index_select(&Tensor::new(idx, &dev)?, 0)?)?;
+                loss = (loss + disc(&sy)?.affine(1.0, 0.5)?.relu()?.mean_all()?)?;
+            }
             opt.backward_step(&loss)?;
             if step + 1 == steps {
                 last = loss.to_scalar::<f32>()?;
             }
         }
-        let score = |p: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(disc(&adaptor.forward(p)?)?.neg()?.reshape((m, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?) };
-        let s = score(&pte)?;
+        let score = |p: &Tensor, k: usize| -> anyhow::Result<Vec<f32>> { Ok(disc(&adaptor.forward(p)?)?.neg()?.reshape((k, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?) };
+        let s = score(&pte, m)?;
+        let sho = score(&xho.reshape((nh * h * w, c))?, nh)?;
         eprintln!(
-            "sigma {sigma}: image AUROC {:.4}, final loss {last:.4}, {:.1} s",
+            "sigma {sigma}: image AUROC {:.4}, fused with global {:.4}, final loss {last:.4}, {:.1} s",
             flowspect::metrics::auroc(&s, &labels).unwrap_or(f64::NAN),
+            fused(&s, &sho),
             t.elapsed().as_secs_f64()
         );
     }

@@ -28,8 +28,8 @@ pub struct TeachArgs {
     /// NF-BMR: leave the image score's pooled-feature Gaussian as trained.
     #[arg(long)]
     pub no_global: bool,
-    /// Keep the calibration and the threshold as they are instead of scoring the
-    /// held-out good images again (faster; the threshold then ignores the teach).
+    /// Keep the calibration and the threshold as they are instead of recalibrating on
+    /// the held-out good images (faster for NF-BMR; the threshold then ignores the teach).
     #[arg(long)]
     pub keep_calibration: bool,
 }

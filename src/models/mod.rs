@@ -81,8 +81,8 @@ pub struct TeachConfig {
     pub global: bool,
     /// AdamW steps of the BMR on the taught images (0: none).
     pub fine_tune_steps: usize,
-    /// Score the training's held-out good images again and recalibrate (every method);
-    /// most of a memory-bank teach's time.
+    /// Recalibrate on the training's held-out good images (every method): from the maps
+    /// the model keeps of them (MemFlowNet), else by scoring the images again.
     pub recalibrate: bool,
 }
 
