@@ -11,7 +11,7 @@
 //! z-scores, z from held-out good images), beside the nearest-neighbour distance to all
 //! training patches. Results are in issue 16's note.
 //!
-//! `[SYN=0] cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
+//! `[SYN=0] [NN=0] [SIZE=256] [STAGES=4,5] cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use flowspect::backbone::{self, BackboneMode};
@@ -91,7 +91,9 @@ fn main() -> anyhow::Result<()> {
     let hidden: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(256);
     let dev = Device::Cpu;
     let net = backbone::load(&PathBuf::from(backbone::DEFAULT_BACKBONE), &dev, BackboneMode::Fast)?;
-    let mut tap = FeatureTap::new(256, vec![4, 5]);
+    let size: usize = std::env::var("SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let stages: Vec<usize> = std::env::var("STAGES").ok().map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect()).unwrap_or(vec![4, 5]);
+    let mut tap = FeatureTap::new(size, stages);
     tap.reflect_cells = 2;
     tap.global_stages = vec![4, 5, 6];
     // Every 11th of n_train + n_train / 10 images held out (z-scores for the fusion).
@@ -108,19 +110,19 @@ fn main() -> anyhow::Result<()> {
     // Synthetic defects: one per training image.
     let t1 = std::time::Instant::now();
     let norm = net.config().normalization;
-    let inputs: Vec<Vec<f32>> = train.iter().map(|p| Ok(flowspect::data::to_input(&flowspect::data::load_image(p)?, 256, &norm))).collect::<anyhow::Result<_>>()?;
+    let inputs: Vec<Vec<f32>> = train.iter().map(|p| Ok(flowspect::data::to_input(&flowspect::data::load_image(p)?, size, &norm))).collect::<anyhow::Result<_>>()?;
     let mut srng = flowspect::rng::Rng::new(11);
     let mut syn_in = Vec::new();
     let mut syn_mask = Vec::new();
     for i in 0..inputs.len() {
         let j = (i + 1 + srng.below(inputs.len() - 1)) % inputs.len();
-        let (x, m) = synthesise(&inputs[i], &inputs[j], 256, &mut srng);
+        let (x, m) = synthesise(&inputs[i], &inputs[j], size, &mut srng);
         syn_in.push(x);
         syn_mask.push(m);
     }
     let mut syn_feats = Vec::new();
     for ch in syn_in.chunks(8) {
-        let x = flowspect::data::image_io::batch_tensor(ch, 256, &dev)?;
+        let x = flowspect::data::image_io::batch_tensor(ch, size, &dev)?;
         syn_feats.push(features::extract(&net, &tap, &x)?);
     }
     let syn_feats = Tensor::cat(&syn_feats, 0)?;
@@ -154,7 +156,7 @@ fn main() -> anyhow::Result<()> {
     let ptr = xtr.reshape((n * h * w, c))?;
     // Synthetic patches whose cell is at least a quarter inside the mask.
     let xsy = patch_features(&syn_feats, &mean, &std, 3)?.reshape((n * h * w, c))?;
-    let cell = 256 / h;
+    let cell = size / h;
     let mut anom = Vec::new();
     for (i, m) in syn_mask.iter().enumerate() {
         for cy in 0..h {
@@ -162,7 +164,7 @@ fn main() -> anyhow::Result<()> {
                 let mut a = 0.0;
                 for y in cy * cell..(cy + 1) * cell {
                     for x in cx * cell..(cx + 1) * cell {
-                        a += m[y * 256 + x];
+                        a += m[y * size + x];
                     }
                 }
                 if a / (cell * cell) as f32 >= 0.25 {
@@ -176,8 +178,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("{n_anom} synthetic anomalous patches");
     let use_syn = std::env::var("SYN").map(|v| v != "0").unwrap_or(true);
     let pte = xte.reshape((m * h * w, c))?;
-    // Nearest-neighbour baseline.
+    // Nearest-neighbour baseline (NN=0 skips it: a full set's patches take long).
     let t = std::time::Instant::now();
+    if std::env::var("NN").map(|v| v != "0").unwrap_or(true) {
     let bank = MemoryBank::new(ptr.clone())?;
     let d = bank.nearest_distance(&pte)?.reshape((m, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
     let dho = bank.nearest_distance(&xho.reshape((nh * h * w, c))?)?.reshape((nh, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
@@ -189,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         nnd.mean_all()?.to_scalar::<f32>()?
     );
+    }
     for &sigma in &sigmas {
         let t = std::time::Instant::now();
         let vm = VarMap::new();

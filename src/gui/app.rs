@@ -39,6 +39,13 @@ pub struct Startup {
     pub project: Option<PathBuf>,
 }
 
+/// A project's kept scores being read on a thread.
+pub struct ScoresReading {
+    cache: PathBuf,
+    generation: u64,
+    rx: std::sync::mpsc::Receiver<flowspect::Result<(PathBuf, Option<super::project::Restored>)>>,
+}
+
 pub struct App {
     pub settings: Settings,
     pub entries: Vec<Entry>,
@@ -75,6 +82,9 @@ pub struct App {
     pub scores_writing: Option<std::sync::mpsc::Receiver<flowspect::Result<usize>>>,
     /// The opened project's score file, restored once its model is loaded.
     pending_restore: Option<PathBuf>,
+    /// The thread reading the project's score file (and hashing the model file), if one
+    /// runs: the file, the results generation when it started, and its answer.
+    pub scores_reading: Option<ScoresReading>,
     /// Bumped whenever scores change; plots cache their curves against it.
     pub scores_generation: u64,
     pub thumbs: HashMap<usize, egui::TextureHandle>,
@@ -123,6 +133,7 @@ impl App {
             scores_kept: 0,
             scores_writing: None,
             pending_restore: None,
+            scores_reading: None,
             scores_generation: 0,
             thumbs: HashMap::new(),
             thumbs_requested: HashSet::new(),
@@ -387,7 +398,7 @@ impl App {
                 }
             }
         }
-        if self.results_generation != self.scores_kept && !self.busy() && self.pending_restore.is_none() && self.scores_writing.is_none() {
+        if self.results_generation != self.scores_kept && !self.busy() && self.pending_restore.is_none() && self.scores_reading.is_none() && self.scores_writing.is_none() {
             self.scores_kept = self.results_generation;
             let results: Vec<ScoredImage> = self.entries.iter().filter_map(|e| e.result.clone()).collect();
             if let Some(model) = self.model.as_ref().and_then(|m| m.path.clone())
@@ -577,16 +588,41 @@ impl App {
         }
     }
 
-    /// Puts back the scores kept with the opened project, for the images unchanged since.
+    /// Starts reading the scores kept with the opened project (on a thread: the file is
+    /// tens of MB and the model file is hashed); [`Self::poll_restore`] puts them back.
     fn restore_scores(&mut self, cache: &Path) {
         let Some(model) = self.model.as_ref().and_then(|m| m.path.clone()) else { return };
         let wanted: Vec<PathBuf> = self.entries.iter().map(|e| e.sample.path.clone()).collect();
-        match super::project::load_scores(cache, &model, &wanted) {
-            Ok(None) => self.say(format!(
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ctx = self.ctx.clone();
+        let file = cache.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(super::project::load_scores(&file, &model, &wanted).map(|r| (model, r)));
+            ctx.request_repaint();
+        });
+        self.scores_reading = Some(ScoresReading { cache: cache.to_path_buf(), generation: self.results_generation, rx });
+    }
+
+    /// Puts back the kept scores once read, for the images unchanged since, unless the
+    /// images' results changed meanwhile (a scoring job started: its scores win).
+    fn poll_restore(&mut self) {
+        let Some(reading) = &self.scores_reading else { return };
+        let answer = match reading.rx.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(flowspect::Error::Data("the thread reading the kept scores stopped".into())),
+            Ok(a) => a,
+        };
+        let Some(ScoresReading { cache, generation, .. }) = self.scores_reading.take() else { return };
+        if generation != self.results_generation {
+            self.say(format!("the scores kept in {} were not restored: the images were scored meanwhile", cache.display()));
+            return;
+        }
+        match answer {
+            Ok((model, None)) => self.say(format!(
                 "the model file {} changed since the project's scores were kept: press \"Score test images\" to score the folder again",
                 model.display()
             )),
-            Ok(Some(r)) => {
+            Ok((_, Some(r))) => {
                 let n = r.results.len();
                 let idx: HashMap<PathBuf, usize> = self.entries.iter().enumerate().map(|(i, e)| (e.sample.path.clone(), i)).collect();
                 for res in r.results {
@@ -597,6 +633,11 @@ impl App {
                 self.scores_generation += 1;
                 self.results_generation += 1;
                 self.scores_kept = self.results_generation;
+                // The image under review is shown again with its restored heatmap.
+                self.view = None;
+                if let Some(i) = self.selected.take() {
+                    self.select(i);
+                }
                 if r.stale.is_empty() {
                     self.say(format!("scores of {n} images restored from {}", cache.display()));
                 } else {
@@ -639,6 +680,7 @@ impl App {
         while let Some((target, path)) = self.dialogs.poll() {
             self.on_dialog(target, path);
         }
+        self.poll_restore();
         let line: Vec<_> = self.inspect.run.as_ref().map(|r| r.rx.try_iter().collect()).unwrap_or_default();
         for ev in line {
             self.on_line_event(ev);

@@ -582,7 +582,7 @@ fn label_teach_undo_and_project_round_trip() {
     h.run_steps(2);
     assert!(h.state().entries.is_empty());
     h.state_mut().open_project(proj.clone());
-    wait_until(&mut h, 120, "the project's model", |a| a.model.is_some() && !a.busy());
+    wait_until(&mut h, 120, "the project's model and kept scores", |a| a.model.is_some() && !a.busy() && a.scores_reading.is_none());
     let a = h.state();
     assert!(a.errors.is_empty(), "{:?}", a.errors);
     assert_eq!(a.settings.test_dir, unl.display().to_string());
