@@ -11,7 +11,7 @@
 //! z-scores, z from held-out good images), beside the nearest-neighbour distance to all
 //! training patches. Results are in issue 16's note.
 //!
-//! `[SYN=0] [NN=0] [SIZE=256] [STAGES=4,5] cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
+//! `[SYN=0|1|0,1] [NN=0] [SIZE=256] [STAGES=4,5] cargo run --release --example synth_probe -- DATA N_TRAIN SIGMA[,SIGMA...] [STEPS] [HIDDEN]`
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use flowspect::backbone::{self, BackboneMode};
@@ -176,7 +176,7 @@ fn main() -> anyhow::Result<()> {
     let n_anom = anom.len();
     let psy = xsy.index_select(&Tensor::new(anom, &dev)?, 0)?;
     eprintln!("{n_anom} synthetic anomalous patches");
-    let use_syn = std::env::var("SYN").map(|v| v != "0").unwrap_or(true);
+    let syn_flags: Vec<bool> = std::env::var("SYN").map(|v| v.split(',').map(|f| f != "0").collect()).unwrap_or(vec![true]);
     let pte = xte.reshape((m * h * w, c))?;
     // Nearest-neighbour baseline (NN=0 skips it: a full set's patches take long).
     let t = std::time::Instant::now();
@@ -193,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         nnd.mean_all()?.to_scalar::<f32>()?
     );
     }
-    for &sigma in &sigmas {
+    for (use_syn, sigma) in syn_flags.iter().flat_map(|&y| sigmas.iter().map(move |&s| (y, s))) {
         let t = std::time::Instant::now();
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
@@ -239,7 +239,7 @@ fn main() -> anyhow::Result<()> {
         let s = score(&pte, m)?;
         let sho = score(&xho.reshape((nh * h * w, c))?, nh)?;
         eprintln!(
-            "sigma {sigma}: image AUROC {:.4}, fused with global {:.4}, final loss {last:.4}, {:.1} s",
+            "synthetic defects {use_syn}, sigma {sigma}: image AUROC {:.4}, fused with global {:.4}, final loss {last:.4}, {:.1} s",
             flowspect::metrics::auroc(&s, &labels).unwrap_or(f64::NAN),
             fused(&s, &sho),
             t.elapsed().as_secs_f64()
