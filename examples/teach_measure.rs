@@ -4,7 +4,7 @@
 //! held-apart half) and escapes on every defect image before and after, each at the
 //! model's own threshold of the moment (a teach recalibrates it).
 //!
-//! `cargo run --release --example teach_measure -- MODEL DATA [--fine-tune-steps N] [--no-global] [--no-patches] [--out OUT.fsm]`
+//! `cargo run --release --example teach_measure -- MODEL DATA [--fine-tune-steps N] [--no-global] [--out OUT.fsm]`
 use candle_core::Device;
 use flowspect::data;
 use flowspect::detector::Detector;
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(a.len() >= 3, "usage: teach_measure MODEL DATA [--fine-tune-steps N] [--no-global] [--no-patches] [--out OUT.fsm]");
+    anyhow::ensure!(a.len() >= 3, "usage: teach_measure MODEL DATA [--fine-tune-steps N] [--no-global] [--out OUT.fsm]");
     let mut how = TeachConfig::default();
     let mut out = None;
     let mut i = 3;
@@ -26,7 +26,6 @@ fn main() -> anyhow::Result<()> {
                 i += 1;
             }
             "--no-global" => how.global = false,
-            "--no-patches" => how.patches = false,
             "--keep-calibration" => how.recalibrate = false,
             "--out" => {
                 out = a.get(i + 1).cloned();

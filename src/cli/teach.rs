@@ -28,10 +28,6 @@ pub struct TeachArgs {
     /// NF-BMR: leave the image score's pooled-feature Gaussian as trained.
     #[arg(long)]
     pub no_global: bool,
-    /// NF-BMR: do not keep the taught images' patches to cap the BMR map where a new
-    /// image looks like them.
-    #[arg(long)]
-    pub no_patches: bool,
     /// Keep the calibration and the threshold as they are instead of recalibrating on
     /// the held-out good images (faster for NF-BMR; the threshold then ignores the teach).
     #[arg(long)]
@@ -62,7 +58,7 @@ pub fn teach(a: TeachArgs) -> Result<()> {
     let mut det = Detector::load(&a.model, &dev)?;
     let paths = image_paths(&a.good)?;
     let progress = CliProgress::new();
-    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps, recalibrate: !a.keep_calibration, patches: !a.no_patches };
+    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps, recalibrate: !a.keep_calibration };
     let r = det.teach(&paths, &how, &progress, &CancelToken::new())?;
     progress.finish();
     for (p, why) in &r.skipped {

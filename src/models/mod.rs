@@ -14,7 +14,6 @@ pub mod nfbmr;
 pub mod patchcore;
 pub mod region;
 pub mod scoring;
-pub mod taught;
 pub mod training;
 
 use crate::backbone::EfficientNet;
@@ -82,9 +81,6 @@ pub struct TeachConfig {
     pub global: bool,
     /// AdamW steps of the BMR on the taught images (0: none).
     pub fine_tune_steps: usize,
-    /// NF-BMR: keep every patch of the taught images in a memory that caps the BMR map
-    /// where a new image looks like them (`models::taught`).
-    pub patches: bool,
     /// Recalibrate on the training's held-out good images (every method): from the maps
     /// the model keeps of them (MemFlowNet), else by scoring the images again.
     pub recalibrate: bool,
@@ -94,7 +90,7 @@ impl Default for TeachConfig {
     fn default() -> Self {
         // 30 BMR steps cost 40 s on 10 images, lowered no held-apart score on either dev
         // set and added escapes on both (README, "Label and teach"): off by default.
-        Self { global: true, fine_tune_steps: 0, recalibrate: true, patches: true }
+        Self { global: true, fine_tune_steps: 0, recalibrate: true }
     }
 }
 

@@ -31,7 +31,6 @@ use super::flow::{FlowConfig, RealNvp};
 use super::global::GlobalGaussian;
 use super::memory::MemoryBank;
 use super::region::{self, RegionConfig};
-use super::taught::TaughtPatches;
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, check_global, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use crate::backbone::EfficientNet;
@@ -129,9 +128,6 @@ pub struct NfBmr {
     pub global: Option<GlobalGaussian>,
     /// The bank of the region score (`cfg.region`), if any.
     pub region: Option<MemoryBank>,
-    /// Every patch of the taught images, capping the BMR map where a new image looks like
-    /// them (`models::taught`); `None` until a teach.
-    pub taught: Option<TaughtPatches>,
     pub calibration: Calibration,
 }
 
@@ -166,7 +162,6 @@ impl NfBmr {
             bmr_vars,
             global: None,
             region,
-            taught: None,
             calibration: Calibration::default(),
         })
     }
@@ -293,7 +288,6 @@ impl NfBmr {
             bmr_vars: bv,
             global,
             region: region_bank,
-            taught: None,
             calibration: Calibration::default(),
         };
         // Calibration on the held-out good images (or training ones if none held out).
@@ -343,15 +337,6 @@ impl NfBmr {
             .as_ref()
             .map(|bank| Ok(region::region_maps(bank, y, self.cfg.region.window, self.cfg.region.stride)?.to_device(&Device::Cpu)?))
             .transpose()
-    }
-
-    /// The taught patches' z-maps of standardised features `[B, h, w, C]`, smoothed
-    /// like the BMR map; `None` without taught patches (or fewer than two images).
-    fn taught_maps(&self, y: &Tensor) -> Result<Option<Vec<Vec<f32>>>> {
-        let Some(t) = &self.taught else { return Ok(None) };
-        let Some(z) = t.z_maps(y)? else { return Ok(None) };
-        let (b, h, _) = z.dims3()?;
-        (0..b).map(|i| Ok(self.smooth(&z.get(i)?.flatten_all()?.to_vec1::<f32>()?, h))).collect::<Result<Vec<_>>>().map(Some)
     }
 
     fn smooth(&self, m: &[f32], grid: usize) -> Vec<f32> {
@@ -405,17 +390,6 @@ impl NfBmr {
                     self.normalise_positions(&mut s.map, &mut s.flow_map);
                 }
             }
-            let ys: Vec<Tensor> = cal_set
-                .iter()
-                .map(|f| Ok(f.features.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?))
-                .collect::<Result<_>>()?;
-            if !ys.is_empty()
-                && let Some(t) = self.taught_maps(&Tensor::stack(&ys, 0)?)?
-            {
-                for (s, t) in cal.iter_mut().zip(&t) {
-                    cap(&mut s.map, t);
-                }
-            }
             for s in cal.iter_mut() {
                 s.map_max = max_of(&s.map);
                 s.flow_max = max_of(&s.flow_map);
@@ -450,9 +424,6 @@ impl NfBmr {
             let map = map.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
             let nll = nll.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
             let region = self.region_maps(&y)?;
-            // Taught patches cap the map once it is position-normalised (calibrated).
-            let capped = self.cfg.position_norm && !self.calibration.position_mean.is_empty();
-            let taught = if capped { self.taught_maps(&y)? } else { None };
             for (i, f) in chunk.iter().enumerate() {
                 let m = map.get(i)?.flatten_all()?.to_vec1::<f32>()?;
                 let n = nll.get(i)?.flatten_all()?.to_vec1::<f32>()?;
@@ -460,9 +431,6 @@ impl NfBmr {
                 let mut sm = self.smooth(&m, h);
                 let mut sn = self.smooth(&n, h);
                 self.normalise_positions(&mut sm, &mut sn);
-                if let Some(t) = &taught {
-                    cap(&mut sm, &t[i]);
-                }
                 let map_max = max_of(&sm);
                 let flow_max = max_of(&sn);
                 // The region map is added to the map once calibrated, and kept apart
@@ -533,7 +501,6 @@ impl NfBmr {
         } else {
             None
         };
-        model.taught = TaughtPatches::load(st, "taught", model.mean.dim(0)?)?;
         model.calibration = calibration.clone();
         Ok(model)
     }
@@ -570,9 +537,6 @@ impl AnomalyModel for NfBmr {
         }
         if let Some(r) = &self.region {
             t.push(("region.bank".into(), r.bank.to_device(&Device::Cpu)?));
-        }
-        if let Some(p) = &self.taught {
-            t.extend(p.tensors("taught")?);
         }
         Ok(t)
     }
@@ -624,31 +588,11 @@ impl AnomalyModel for NfBmr {
             g.absorb(&pooled, prior.max(2), self.cfg.global_shrinkage)?;
             said.push(format!("global Gaussian updated ({prior} + {} images)", feats.len()));
         }
-        if how.patches {
-            let y = Tensor::stack(&ys, 0)?;
-            match &mut self.taught {
-                Some(t) => t.add(&y)?,
-                None => self.taught = Some(TaughtPatches::new(&y)?),
-            }
-            let n = self.taught.as_ref().map_or(0, |t| t.images());
-            said.push(if n < 2 {
-                format!("taught patches kept ({n} image: they cap the map from 2 images on)")
-            } else {
-                format!("taught patches of {n} images cap the map")
-            });
-        }
         if how.fine_tune_steps > 0 {
             let steps = self.fine_tune_bmr(&ys, how.fine_tune_steps, progress, cancel)?;
             said.push(format!("BMR fine-tuned {steps} steps"));
         }
         Ok(said.join(", "))
-    }
-}
-
-/// The smaller of a position-normalised map and the taught patches' z-map, per pixel.
-fn cap(map: &mut [f32], taught: &[f32]) {
-    for (m, t) in map.iter_mut().zip(taught) {
-        *m = m.min(*t);
     }
 }
 
