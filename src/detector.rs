@@ -481,7 +481,6 @@ impl Detector {
         let (old_default, _) = default_threshold(&self.meta.calibration);
         let old = self.meta.threshold;
         let by_hand = (old - old_default).abs() > 1e-6 * old_default.abs().max(1.0);
-        progress.report(Progress::Stage { name: "teaching: recalibration".into(), total: 0 });
         let on = if let Some(n) = self.model.recalibrate_kept(cancel)? {
             format!("{n} held-out images (kept in the model file)")
         } else {

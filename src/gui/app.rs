@@ -634,10 +634,7 @@ impl App {
                 self.results_generation += 1;
                 self.scores_kept = self.results_generation;
                 // The image under review is shown again with its restored heatmap.
-                self.view = None;
-                if let Some(i) = self.selected.take() {
-                    self.select(i);
-                }
+                self.reload_view();
                 if r.stale.is_empty() {
                     self.say(format!("scores of {n} images restored from {}", cache.display()));
                 } else {
@@ -662,8 +659,13 @@ impl App {
         }
         self.results_generation += 1;
         self.scores_generation += 1;
-        self.view = None;
         // The image under review is loaded again (its view held the old scores' heatmap).
+        self.reload_view();
+    }
+
+    /// Drops the view of the image under review and asks the loader for it again.
+    fn reload_view(&mut self) {
+        self.view = None;
         if let Some(i) = self.selected.take() {
             self.select(i);
         }

@@ -30,7 +30,7 @@
 //!   use one of them alone.
 use super::features::{self, FeatureTap, ImageFeatures};
 use super::flow::{FlowConfig, RealNvp};
-use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, patch_features, teach_bank};
+use super::memory::{BankConfig, MemoryBank, TrainedBank, build_bank, teach_bank};
 use super::scoring::{Calibration, ScoreKind, Scored, TrainReport, calibrate, image_score, loo_position_normalise, max_of, position_stats};
 use super::training::{self, OptimConfig};
 use super::{AnomalyModel, StoredTensors, TeachConfig, varmap_tensors};
@@ -353,8 +353,8 @@ impl MemFlow {
         let cal_set: Vec<&ImageFeatures> = if va.is_empty() { tr.clone() } else { va.clone() };
         let held = model.held_out_maps(&cal_set, cancel)?;
         model.calibrate_from(&held)?;
-        if !va.is_empty() && held.bytes() <= HELD_OUT_KEEP_BYTES {
-            model.held_out = Some(held);
+        if !va.is_empty() {
+            model.keep_held_out(held);
         }
         let report = TrainReport {
             n_train: tr.len(),
@@ -386,11 +386,9 @@ impl MemFlow {
         for chunk in set.chunks(features::forward_batch(self.backbone.device())) {
             cancel.check()?;
             let f = Tensor::stack(&chunk.iter().map(|f| &f.features).collect::<Vec<_>>(), 0)?;
-            let b = patch_features(&bank_features(&f, &bsl)?, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)?;
-            let (n, h, w, c) = b.dims4()?;
-            let b = b.reshape((n * h * w, c))?;
-            distances.push(self.bank.nearest_distance(&b)?.reshape((n, h, w))?.to_device(&Device::Cpu)?);
-            queries.push(b);
+            let (q, d) = self.memory_search(&f, &bsl)?;
+            queries.push(q);
+            distances.push(d);
             for (all, (t, _)) in flows.iter_mut().zip(self.flow_nlls(&f, &fsl)?) {
                 all.push(t);
             }
@@ -475,7 +473,20 @@ impl MemFlow {
 
     /// `[n, h, w, C]` features -> `[n, h, w]` distance to the nearest bank patch (on the CPU).
     fn memory_distances(&self, f: &Tensor, bsl: &[Slice]) -> Result<Tensor> {
-        self.bank.patch_distances(&bank_features(f, bsl)?, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)
+        Ok(self.memory_search(f, bsl)?.1)
+    }
+
+    /// `[n, h, w, C]` features -> the bank queries `[n * h * w, D]` and their distances
+    /// to the nearest bank row `[n, h, w]` (on the CPU).
+    fn memory_search(&self, f: &Tensor, bsl: &[Slice]) -> Result<(Tensor, Tensor)> {
+        self.bank.patch_search(&bank_features(f, bsl)?, &self.bank_mean, &self.bank_std, self.cfg.neighbourhood)
+    }
+
+    /// Keeps the held-out maps in the model (and its file) unless they are too big.
+    fn keep_held_out(&mut self, held: HeldOutMaps) {
+        if held.bytes() <= HELD_OUT_KEEP_BYTES {
+            self.held_out = Some(held);
+        }
     }
 
     /// Per flow stage: `[n, hs, ws]` negative log-likelihoods (on the CPU) and `hs`.
@@ -638,9 +649,7 @@ impl AnomalyModel for MemFlow {
     fn recalibrate(&mut self, held_out: &[&ImageFeatures], cancel: &CancelToken) -> Result<()> {
         let held = self.held_out_maps(held_out, cancel)?;
         self.calibrate_from(&held)?;
-        if held.bytes() <= HELD_OUT_KEEP_BYTES {
-            self.held_out = Some(held);
-        }
+        self.keep_held_out(held);
         Ok(())
     }
     fn recalibrate_kept(&mut self, _cancel: &CancelToken) -> Result<Option<usize>> {

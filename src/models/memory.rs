@@ -401,10 +401,17 @@ impl MemoryBank {
     /// `[n, h, w, C]` raw patch features -> `[n, h, w]` distance of each (standardised and
     /// locally averaged as [`patch_features`]) to its nearest bank row, on the CPU.
     pub fn patch_distances(&self, f: &Tensor, mean: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
+        Ok(self.patch_search(f, mean, std, k)?.1)
+    }
+
+    /// [`Self::patch_distances`] with the queries it searched for: `[n * h * w, C]`
+    /// patches as a bank holds them ([`patch_features`]), and their distances.
+    pub fn patch_search(&self, f: &Tensor, mean: &Tensor, std: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
         let b = patch_features(f, mean, std, k)?;
         let (n, h, w, c) = b.dims4()?;
-        let dist = self.nearest_distance(&b.reshape((n * h * w, c))?)?.reshape((n, h, w))?;
-        Ok(dist.to_device(&Device::Cpu)?)
+        let q = b.reshape((n * h * w, c))?;
+        let dist = self.nearest_distance(&q)?.reshape((n, h, w))?;
+        Ok((q, dist.to_device(&Device::Cpu)?))
     }
 
     /// Euclidean distance of each query row `[M, D]` to its nearest bank row: `[M]`,
