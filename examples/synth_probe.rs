@@ -82,6 +82,37 @@ fn synthesise(x: &[f32], other: &[f32], s: usize, rng: &mut flowspect::rng::Rng)
     (out, mask)
 }
 
+/// Image maxima of per-position normalised maps (`te`, `ho`: [k * hw] row-major), with
+/// the held-out maps' per-position mean and a scale blending per-position and global
+/// spread (as `scoring::position_stats`); the held-out maxima are leave-one-out.
+fn posnorm_max(te: &[f32], ho: &[f32], hw: usize) -> (Vec<f32>, Vec<f32>) {
+    let stats = |rows: Vec<&[f32]>| -> (Vec<f32>, Vec<f32>) {
+        let n = rows.len() as f32;
+        let mut mean = vec![0f32; hw];
+        for r in &rows {
+            for (a, v) in mean.iter_mut().zip(r.iter()) {
+                *a += v / n;
+            }
+        }
+        let mut var = vec![0f32; hw];
+        for r in &rows {
+            for ((a, v), m) in var.iter_mut().zip(r.iter()).zip(&mean) {
+                *a += (v - m).powi(2) / n;
+            }
+        }
+        let g = var.iter().sum::<f32>() / hw as f32;
+        (mean, var.iter().map(|v| (0.5 * v + 0.5 * g).sqrt().max(1e-6)).collect())
+    };
+    let zmax = |r: &[f32], (m, s): &(Vec<f32>, Vec<f32>)| r.iter().zip(m).zip(s).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
+    let rows: Vec<&[f32]> = ho.chunks(hw).collect();
+    let all = stats(rows.clone());
+    let t = te.chunks(hw).map(|r| zmax(r, &all)).collect();
+    let h = (0..rows.len())
+        .map(|i| zmax(rows[i], &stats(rows.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| *r).collect())))
+        .collect();
+    (t, h)
+}
+
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let data = PathBuf::from(&a[1]);
@@ -182,9 +213,13 @@ fn main() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     if std::env::var("NN").map(|v| v != "0").unwrap_or(true) {
     let bank = MemoryBank::new(ptr.clone())?;
-    let d = bank.nearest_distance(&pte)?.reshape((m, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
-    let dho = bank.nearest_distance(&xho.reshape((nh * h * w, c))?)?.reshape((nh, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?;
+    let dm = bank.nearest_distance(&pte)?.to_vec1::<f32>()?;
+    let dhm = bank.nearest_distance(&xho.reshape((nh * h * w, c))?)?.to_vec1::<f32>()?;
+    let d: Vec<f32> = dm.chunks(h * w).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+    let dho: Vec<f32> = dhm.chunks(h * w).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
     eprintln!("nn + global fused: {:.4}", fused(&d, &dho));
+    let (pd, pdh) = posnorm_max(&dm, &dhm, h * w);
+    eprintln!("nn position-normalised: {:.4}, fused with global {:.4}", flowspect::metrics::auroc(&pd, &labels).unwrap_or(f64::NAN), fused(&pd, &pdh));
     let nnd = bank.nearest_distance(&ptr.narrow(0, 0, 4096.min(n * h * w))?)?;
     eprintln!(
         "nn: image AUROC {:.4} ({:.1} s); typical good NN distance (self, 0) / test good median max {:.3}",
@@ -235,9 +270,13 @@ fn main() -> anyhow::Result<()> {
                 last = loss.to_scalar::<f32>()?;
             }
         }
-        let score = |p: &Tensor, k: usize| -> anyhow::Result<Vec<f32>> { Ok(disc(&adaptor.forward(p)?)?.neg()?.reshape((k, h * w))?.max(D::Minus1)?.to_vec1::<f32>()?) };
-        let s = score(&pte, m)?;
-        let sho = score(&xho.reshape((nh * h * w, c))?, nh)?;
+        let maps = |p: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(disc(&adaptor.forward(p)?)?.neg()?.to_vec1::<f32>()?) };
+        let smap = maps(&pte)?;
+        let shmap = maps(&xho.reshape((nh * h * w, c))?)?;
+        let mx = |v: &[f32]| -> Vec<f32> { v.chunks(h * w).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect() };
+        let (s, sho) = (mx(&smap), mx(&shmap));
+        let (ps, psh) = posnorm_max(&smap, &shmap, h * w);
+        eprintln!("  position-normalised: image AUROC {:.4}, fused with global {:.4}", flowspect::metrics::auroc(&ps, &labels).unwrap_or(f64::NAN), fused(&ps, &psh));
         eprintln!(
             "synthetic defects {use_syn}, sigma {sigma}: image AUROC {:.4}, fused with global {:.4}, final loss {last:.4}, {:.1} s",
             flowspect::metrics::auroc(&s, &labels).unwrap_or(f64::NAN),
