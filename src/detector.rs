@@ -8,12 +8,9 @@
 use crate::backbone::{BackboneMode, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::models::features::{self, FeatureTap};
-use crate::models::memflow::{MemFlow, MemFlowConfig};
-use crate::models::nfbmr::{NfBmr, NfBmrConfig};
-use crate::models::patchcore::{PatchCore, PatchCoreConfig};
+use crate::models::features;
 use crate::models::scoring::{Calibration, FileRecord, ScoreKind, Scored, ThresholdRule, TrainReport, default_threshold};
-use crate::models::{AnomalyModel, StoredTensors, TeachConfig};
+use crate::models::{StoredTensors, TeachConfig};
 use crate::progress::Progress;
 use crate::progress::{CancelToken, ProgressSink};
 use candle_core::{DType, Device, Tensor};
@@ -25,149 +22,9 @@ pub const MODEL_FORMAT: &str = "flowspect-model";
 pub const MODEL_VERSION: u32 = 1;
 const META_KEY: &str = "flowspect.model";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    NfBmr,
-    #[serde(rename = "memflow")]
-    MemFlow,
-    #[serde(rename = "patchcore")]
-    PatchCore,
-}
+pub use crate::models::{DetectorConfig, Method, Model};
 
-impl Method {
-    /// Every method, in the order the app and `benchmark` list them.
-    pub const ALL: [Method; 3] = [Method::NfBmr, Method::MemFlow, Method::PatchCore];
-}
-
-impl std::str::FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "nf-bmr" | "nfbmr" => Ok(Method::NfBmr),
-            "memflow" | "memflownet" => Ok(Method::MemFlow),
-            "patchcore" => Ok(Method::PatchCore),
-            _ => Err(Error::Config(format!("unknown method '{s}' (available: nf-bmr, memflow, patchcore)"))),
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Method::NfBmr => write!(f, "nf-bmr"),
-            Method::MemFlow => write!(f, "memflow"),
-            Method::PatchCore => write!(f, "patchcore"),
-        }
-    }
-}
-
-/// A method's configuration (which also says which method it is).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum DetectorConfig {
-    NfBmr(NfBmrConfig),
-    MemFlow(MemFlowConfig),
-    PatchCore(PatchCoreConfig),
-}
-
-impl DetectorConfig {
-    /// The default configuration of `method`.
-    pub fn default_for(method: Method) -> Self {
-        match method {
-            Method::NfBmr => Self::NfBmr(NfBmrConfig::default()),
-            Method::MemFlow => Self::MemFlow(MemFlowConfig::default()),
-            Method::PatchCore => Self::PatchCore(PatchCoreConfig::default()),
-        }
-    }
-    pub fn method(&self) -> Method {
-        match self {
-            Self::NfBmr(_) => Method::NfBmr,
-            Self::MemFlow(_) => Method::MemFlow,
-            Self::PatchCore(_) => Method::PatchCore,
-        }
-    }
-    pub fn tap(&self) -> &FeatureTap {
-        match self {
-            Self::NfBmr(c) => &c.tap,
-            Self::MemFlow(c) => &c.tap,
-            Self::PatchCore(c) => &c.tap,
-        }
-    }
-    pub fn tap_mut(&mut self) -> &mut FeatureTap {
-        match self {
-            Self::NfBmr(c) => &mut c.tap,
-            Self::MemFlow(c) => &mut c.tap,
-            Self::PatchCore(c) => &mut c.tap,
-        }
-    }
-    pub fn score(&self) -> ScoreKind {
-        match self {
-            Self::NfBmr(c) => c.score,
-            Self::MemFlow(c) => c.score,
-            Self::PatchCore(_) => ScoreKind::MapMax,
-        }
-    }
-    /// Sets the image score (patchcore has only the map maximum: refused later by
-    /// training's check when another is asked for).
-    pub fn set_score(&mut self, k: ScoreKind) -> Result<()> {
-        match self {
-            Self::NfBmr(c) => c.score = k,
-            Self::MemFlow(c) => c.score = k,
-            Self::PatchCore(_) if k == ScoreKind::MapMax => {}
-            Self::PatchCore(_) => return Err(Error::Config(format!("patchcore's image score is the map maximum (map-max), not {k:?}"))),
-        }
-        Ok(())
-    }
-    /// Sets the maximum epochs of every training phase.
-    pub fn set_epochs(&mut self, e: usize) {
-        match self {
-            Self::NfBmr(c) => {
-                c.flow_optim.epochs = e;
-                c.bmr_optim.epochs = e;
-            }
-            Self::MemFlow(c) => c.flow_optim.epochs = e,
-            Self::PatchCore(_) => {}
-        }
-    }
-    pub fn set_flow_hidden(&mut self, h: usize) {
-        match self {
-            Self::NfBmr(c) => c.flow.hidden = h,
-            Self::MemFlow(c) => c.flow.hidden = h,
-            Self::PatchCore(_) => {}
-        }
-    }
-    pub fn set_seed(&mut self, s: u64) {
-        match self {
-            Self::NfBmr(c) => c.seed = s,
-            Self::MemFlow(c) => c.seed = s,
-            Self::PatchCore(c) => c.seed = s,
-        }
-    }
-}
-
-impl From<NfBmrConfig> for DetectorConfig {
-    fn from(c: NfBmrConfig) -> Self {
-        Self::NfBmr(c)
-    }
-}
-
-impl From<MemFlowConfig> for DetectorConfig {
-    fn from(c: MemFlowConfig) -> Self {
-        Self::MemFlow(c)
-    }
-}
-
-impl From<PatchCoreConfig> for DetectorConfig {
-    fn from(c: PatchCoreConfig) -> Self {
-        Self::PatchCore(c)
-    }
-}
-
-/// The trained networks of one method.
-pub type Model = Box<dyn AnomalyModel>;
-
-/// Trains the method `cfg` configures (the one place training dispatches on it).
+/// Trains the method `cfg` configures.
 fn train_model(
     backbone: EfficientNet,
     cfg: &DetectorConfig,
@@ -175,38 +32,19 @@ fn train_model(
     progress: &dyn ProgressSink,
     cancel: &CancelToken,
 ) -> Result<(Model, TrainReport)> {
-    fn boxed<M: AnomalyModel + 'static>((m, r): (M, TrainReport)) -> (Model, TrainReport) {
-        (Box::new(m), r)
-    }
-    Ok(match cfg {
-        DetectorConfig::NfBmr(c) => boxed(NfBmr::train(backbone, c.clone(), files, progress, cancel)?),
-        DetectorConfig::MemFlow(c) => boxed(MemFlow::train(backbone, c.clone(), files, progress, cancel)?),
-        DetectorConfig::PatchCore(c) => boxed(PatchCore::train(backbone, c.clone(), files, progress, cancel)?),
-    })
+    cfg.get().train(backbone, files, progress, cancel)
 }
 
 /// Reads the method `meta` names from a model file's tensors.
 fn load_model(backbone: EfficientNet, meta: &ModelMeta, st: &StoredTensors) -> Result<Model> {
-    let cal = &meta.calibration;
-    Ok(match &meta.config {
-        DetectorConfig::NfBmr(c) => Box::new(NfBmr::load(backbone, c, cal, st)?),
-        DetectorConfig::MemFlow(c) => Box::new(MemFlow::load(backbone, c, cal, st)?),
-        DetectorConfig::PatchCore(c) => Box::new(PatchCore::load(backbone, c, cal, st)?),
-    })
+    meta.config.get().load(backbone, &meta.calibration, st)
 }
 
 /// A model of `cfg` with untrained parts (random or zero weights, a bank of `bank_rows`
 /// rows where the method has one), which costs the same arithmetic as a trained one:
 /// `flowspect bench`.
 pub fn untrained_model(backbone: EfficientNet, cfg: DetectorConfig, bank_rows: usize) -> Result<Model> {
-    Ok(match cfg {
-        DetectorConfig::NfBmr(c) => {
-            let dim = c.tap.stages.iter().map(|&s| backbone.config().stage_channels(s)).sum::<Result<usize>>()?;
-            Box::new(NfBmr::untrained(backbone, c, dim)?)
-        }
-        DetectorConfig::MemFlow(c) => Box::new(MemFlow::untrained(backbone, c, bank_rows)?),
-        DetectorConfig::PatchCore(c) => Box::new(PatchCore::untrained(backbone, c, bank_rows)?),
-    })
+    cfg.get().untrained(backbone, bank_rows)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

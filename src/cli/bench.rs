@@ -87,17 +87,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         // Untrained weights and an all-zero bank cost the same arithmetic as trained ones.
         let mut cfg = DetectorConfig::default_for(a.method);
         cfg.tap_mut().image_size = size;
-        if let DetectorConfig::NfBmr(c) = &mut cfg {
-            if let Some(g) = &a.global_stages {
-                c.tap.global_stages = super::inspect::parse_global_stages(g)?;
-            }
-            if let Some(w) = a.region_window {
-                c.region.window = w;
-            }
-            if let Some(st) = a.region_stride {
-                c.region.stride = st;
-            }
-        }
+        cfg.apply_options(flowspect::models::TrainOptions {
+            global_stages: a.global_stages.as_deref().map(super::inspect::parse_global_stages).transpose()?,
+            region_window: a.region_window,
+            region_stride: a.region_stride,
+            ..Default::default()
+        })?;
         let model = detector::untrained_model(fast, cfg, a.bank_rows)?;
         if !header_done {
             println!(

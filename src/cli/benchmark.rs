@@ -6,7 +6,7 @@
 //! own and a crash in one run is reported without losing the others.
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use flowspect::detector::{Detector, Method};
+use flowspect::detector::{Detector, DetectorConfig, Method};
 use flowspect::evaluate::EvalReport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -97,7 +97,7 @@ fn run_one(a: &BenchmarkArgs, data: &Path, set: String, method: Method, out: &Pa
     let metrics = out.join(format!("{set}-{method}.json"));
     let s = |p: &Path| p.display().to_string();
     let mut train: Vec<String> = vec!["train".into(), "--method".into(), method.to_string(), "--data".into(), s(data), "--out".into(), s(&model), "--device".into(), a.device.clone()];
-    if let (Some(e), true) = (a.epochs, method != Method::PatchCore) {
+    if let (Some(e), true) = (a.epochs, DetectorConfig::default_for(method).trains_network()) {
         train.extend(["--epochs".into(), e.to_string()]);
     }
     for (flag, v) in [("--image-size", a.image_size.map(|v| v.to_string())), ("--limit", a.limit.map(|v| v.to_string())), ("--seed", a.seed.map(|v| v.to_string())), ("--backbone", a.backbone.as_deref().map(s))] {

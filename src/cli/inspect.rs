@@ -8,6 +8,7 @@ use flowspect::detector::{Detector, DetectorConfig, Method};
 use flowspect::device::{self, DeviceChoice};
 use flowspect::evaluate;
 use flowspect::models::scoring::ScoreKind;
+use flowspect::models::TrainOptions;
 use flowspect::progress::CancelToken;
 use std::path::PathBuf;
 
@@ -89,87 +90,26 @@ pub fn config_from(a: &TrainArgs) -> Result<DetectorConfig> {
     if let Some(s) = a.image_size {
         cfg.tap_mut().image_size = s;
     }
-    if let Some(e) = a.epochs {
-        cfg.set_epochs(e);
-    }
-    if let Some(h) = a.flow_hidden {
-        cfg.set_flow_hidden(h);
-    }
-    if let Some(s) = a.score {
-        cfg.set_score(s)?;
-    }
     if let Some(s) = a.seed {
         cfg.set_seed(s);
     }
-    match &mut cfg {
-        DetectorConfig::NfBmr(c) => {
-            if let Some(s) = &a.stage {
-                c.tap.stages = s.clone();
-            }
-            if let Some(h) = a.hidden {
-                c.bmr.hidden = h;
-                c.bmr.bottleneck = (h / 4).max(1);
-            }
-            if let Some(l) = a.flow_lr {
-                c.flow_optim.lr = l;
-            }
-            if let Some(l) = a.bmr_lr {
-                c.bmr_optim.lr = l;
-            }
-            if let Some(g) = &a.global_stages {
-                c.tap.global_stages = parse_global_stages(g)?;
-                if c.tap.global_stages.is_empty() && a.score.is_none() {
-                    c.score = ScoreKind::MapMax;
-                }
-            }
-            if let Some(w) = a.region_window {
-                c.region.window = w;
-            }
-            if let Some(st) = a.region_stride {
-                c.region.stride = st;
-            }
-            if let Some(w) = a.region_weight {
-                c.region.weight = w;
-            }
-            if a.coreset_ratio.is_some() {
-                bail!("--coreset-ratio is a memflow and patchcore option");
-            }
-        }
-        DetectorConfig::MemFlow(c) => {
-            if a.global_stages.is_some() || a.region_window.is_some() || a.region_stride.is_some() || a.region_weight.is_some() {
-                bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
-            }
-            if let Some(s) = &a.stage {
-                c.bank_stages = s.clone();
-                let mut all: Vec<usize> = s.iter().chain(&c.flow_stages).copied().collect();
-                all.sort();
-                all.dedup();
-                c.tap.set_stages(all);
-            }
-            if let Some(l) = a.flow_lr {
-                c.flow_optim.lr = l;
-            }
-            if let Some(r) = a.coreset_ratio {
-                c.coreset_ratio = r;
-            }
-            if a.hidden.is_some() || a.bmr_lr.is_some() {
-                bail!("--hidden and --bmr-lr are nf-bmr options (memflow has no BMR)");
-            }
-        }
-        DetectorConfig::PatchCore(c) => {
-            if a.global_stages.is_some() || a.region_window.is_some() || a.region_stride.is_some() || a.region_weight.is_some() {
-                bail!("--global-stages, --region-window and --region-weight are nf-bmr options");
-            }
-            if a.hidden.is_some() || a.bmr_lr.is_some() || a.flow_lr.is_some() || a.flow_hidden.is_some() || a.epochs.is_some() {
-                bail!("patchcore trains no network: --epochs, --hidden, --flow-hidden, --bmr-lr and --flow-lr do not apply");
-            }
-            if let Some(s) = &a.stage {
-                c.tap.set_stages(s.clone());
-            }
-            if let Some(r) = a.coreset_ratio {
-                c.coreset_ratio = r;
-            }
-        }
+    let global_stages = a.global_stages.as_deref().map(parse_global_stages).transpose()?;
+    cfg.apply_options(TrainOptions {
+        epochs: a.epochs,
+        stages: a.stage.clone(),
+        hidden: a.hidden,
+        flow_hidden: a.flow_hidden,
+        flow_lr: a.flow_lr,
+        bmr_lr: a.bmr_lr,
+        global_stages,
+        region_window: a.region_window,
+        region_stride: a.region_stride,
+        region_weight: a.region_weight,
+        coreset_ratio: a.coreset_ratio,
+    })?;
+    // After the options: a score asked for by name wins over a method's fallback.
+    if let Some(s) = a.score {
+        cfg.set_score(s)?;
     }
     Ok(cfg)
 }

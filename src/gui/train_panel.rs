@@ -2,7 +2,7 @@
 //! the loss curve of each stage; open and save models.
 use super::app::App;
 use super::dialogs::DialogTarget;
-use flowspect::detector::Method;
+use flowspect::detector::{DetectorConfig, Method};
 use flowspect::device::DeviceChoice;
 use std::path::PathBuf;
 
@@ -25,9 +25,9 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
             egui::ComboBox::from_id_salt("method")
                 .selected_text(s.method.to_string())
                 .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut s.method, Method::NfBmr, "nf-bmr (normalizing flow + bidirectional mapping)");
-                    ui.selectable_value(&mut s.method, Method::MemFlow, "memflow (memory bank + multi-scale flows)");
-                    ui.selectable_value(&mut s.method, Method::PatchCore, "patchcore (memory bank; the reference baseline)");
+                    for &m in Method::ALL {
+                        ui.selectable_value(&mut s.method, m, m.summary());
+                    }
                 })
                 .response
                 .labelled_by(l.id);
@@ -53,8 +53,8 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
             let l = ui.label("Input size (px)");
             ui.add(egui::DragValue::new(&mut s.image_size).range(64..=1024).speed(16)).labelled_by(l.id);
             ui.end_row();
-            // PatchCore trains no network: no epochs to set.
-            if s.method != Method::PatchCore {
+            // A method that trains no network (patchcore) has no epochs to set.
+            if DetectorConfig::default_for(s.method).trains_network() {
                 let l = ui.label("Epochs per stage");
                 ui.add(egui::DragValue::new(&mut s.epochs).range(1..=200)).labelled_by(l.id);
                 ui.end_row();

@@ -5,6 +5,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::Sample;
 use flowspect::detector::{Detector, DetectorConfig, Method, ModelMeta};
+use flowspect::models::TrainOptions;
 use flowspect::device::{self, DeviceChoice};
 use flowspect::inspection::Thresholds;
 use flowspect::postprocess::resize_bilinear;
@@ -52,31 +53,25 @@ impl Default for TrainSettings {
 impl TrainSettings {
     /// Input size, epochs and widths of `self.method`'s default configuration.
     pub fn use_method_defaults(&mut self) {
-        match DetectorConfig::default_for(self.method) {
-            DetectorConfig::NfBmr(c) => {
-                self.image_size = c.tap.image_size;
-                self.epochs = c.flow_optim.epochs;
-                self.flow_hidden = c.flow.hidden;
-                self.bmr_hidden = c.bmr.hidden;
-            }
-            DetectorConfig::MemFlow(c) => {
-                self.image_size = c.tap.image_size;
-                self.epochs = c.flow_optim.epochs;
-                self.flow_hidden = c.flow.hidden;
-            }
-            DetectorConfig::PatchCore(c) => self.image_size = c.tap.image_size,
-        }
+        let cfg = DetectorConfig::default_for(self.method);
+        let o = cfg.options();
+        self.image_size = cfg.tap().image_size;
+        self.epochs = o.epochs.unwrap_or(0);
+        self.flow_hidden = o.flow_hidden.unwrap_or(0);
+        self.bmr_hidden = o.hidden.unwrap_or(0);
     }
 
     pub fn config(&self) -> DetectorConfig {
         let mut cfg = DetectorConfig::default_for(self.method);
         cfg.tap_mut().image_size = self.image_size;
-        cfg.set_epochs(self.epochs);
-        cfg.set_flow_hidden(self.flow_hidden);
-        if let DetectorConfig::NfBmr(c) = &mut cfg {
-            c.bmr.hidden = self.bmr_hidden;
-            c.bmr.bottleneck = (self.bmr_hidden / 4).max(1);
-        }
+        // Only the options the method has (all of them: nothing is left over).
+        let own = cfg.options();
+        cfg.take_options(TrainOptions {
+            epochs: own.epochs.map(|_| self.epochs),
+            flow_hidden: own.flow_hidden.map(|_| self.flow_hidden),
+            hidden: own.hidden.map(|_| self.bmr_hidden),
+            ..Default::default()
+        });
         cfg
     }
 }

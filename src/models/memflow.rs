@@ -641,7 +641,7 @@ impl AnomalyModel for MemFlow {
         Ok(())
     }
     fn config(&self) -> DetectorConfig {
-        DetectorConfig::MemFlow(self.cfg.clone())
+        self.cfg.clone().into()
     }
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
@@ -675,5 +675,71 @@ impl AnomalyModel for MemFlow {
             h.distances = h.distances.minimum(&d)?;
         }
         Ok(format!("memory bank {before} -> {} rows (+{added} patches of {} images)", self.bank.len(), feats.len()))
+    }
+}
+
+impl super::method::MethodInfo for MemFlowConfig {
+    const NAME: &'static str = "memflow";
+    const ALIASES: &'static [&'static str] = &["memflownet"];
+    const SUMMARY: &'static str = "memflow (memory bank + multi-scale flows)";
+}
+
+impl super::method::MethodConfig for MemFlowConfig {
+    fn tap(&self) -> &FeatureTap {
+        &self.tap
+    }
+    fn tap_mut(&mut self) -> &mut FeatureTap {
+        &mut self.tap
+    }
+    fn score(&self) -> ScoreKind {
+        self.score
+    }
+    fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        self.score = k;
+        Ok(())
+    }
+    fn set_seed(&mut self, s: u64) {
+        self.seed = s;
+    }
+    fn options(&self) -> super::TrainOptions {
+        super::TrainOptions {
+            epochs: Some(self.flow_optim.epochs),
+            stages: Some(self.bank_stages.clone()),
+            flow_hidden: Some(self.flow.hidden),
+            flow_lr: Some(self.flow_optim.lr),
+            coreset_ratio: Some(self.coreset_ratio),
+            ..Default::default()
+        }
+    }
+    fn take_options(&mut self, o: &mut super::TrainOptions) {
+        if let Some(e) = o.epochs.take() {
+            self.flow_optim.epochs = e;
+        }
+        if let Some(s) = o.stages.take() {
+            // The tap runs every stage the bank and the flows use.
+            let mut all: Vec<usize> = s.iter().chain(&self.flow_stages).copied().collect();
+            all.sort();
+            all.dedup();
+            self.bank_stages = s;
+            self.tap.set_stages(all);
+        }
+        if let Some(h) = o.flow_hidden.take() {
+            self.flow.hidden = h;
+        }
+        if let Some(l) = o.flow_lr.take() {
+            self.flow_optim.lr = l;
+        }
+        if let Some(r) = o.coreset_ratio.take() {
+            self.coreset_ratio = r;
+        }
+    }
+    fn train(&self, backbone: EfficientNet, files: &[PathBuf], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<(super::Model, TrainReport)> {
+        Ok(super::method::boxed(MemFlow::train(backbone, self.clone(), files, progress, cancel)?))
+    }
+    fn load(&self, backbone: EfficientNet, calibration: &Calibration, st: &StoredTensors) -> Result<super::Model> {
+        Ok(Box::new(MemFlow::load(backbone, self, calibration, st)?))
+    }
+    fn untrained(&self, backbone: EfficientNet, bank_rows: usize) -> Result<super::Model> {
+        Ok(Box::new(MemFlow::untrained(backbone, self.clone(), bank_rows)?))
     }
 }

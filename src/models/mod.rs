@@ -1,15 +1,17 @@
 //! The networks trained on good images and the detectors built from them.
 //!
-//! One file per method (`nfbmr`, `memflow`, `patchcore`), each with a config struct, a
-//! `train` and an `untrained` constructor and an [`AnomalyModel`] implementation; what
-//! the methods share (scores, calibration, the training report) is in [`scoring`], the
-//! memory bank and its coreset in [`memory`]. `crate::detector` lists the methods.
+//! One file per method (`nfbmr`, `memflow`, `patchcore`), each with a config struct
+//! (implementing [`method::MethodInfo`] and [`method::MethodConfig`]) and an
+//! [`AnomalyModel`] implementation; what the methods share (scores, calibration, the
+//! training report) is in [`scoring`], the memory bank and its coreset in [`memory`].
+//! The methods are listed once, in `methods!` below.
 pub mod bmr;
 pub mod features;
 pub mod flow;
 pub mod global;
 pub mod memflow;
 pub mod memory;
+pub mod method;
 pub mod nfbmr;
 pub mod patchcore;
 pub mod region;
@@ -25,6 +27,16 @@ use features::{FeatureTap, ImageFeatures};
 use scoring::{Calibration, ScoreKind, Scored};
 use std::collections::HashMap;
 use std::path::Path;
+
+pub use method::{Model, TrainOptions};
+
+// Every method flowspect can train, in the order the app and `benchmark` list them:
+// `Variant: its config type`. Adding a method is its file above and one line here.
+method::methods! {
+    NfBmr: nfbmr::NfBmrConfig,
+    MemFlow: memflow::MemFlowConfig,
+    PatchCore: patchcore::PatchCoreConfig,
+}
 
 /// What the detector, the CLI and the GUI need of a trained method.
 pub trait AnomalyModel: Send + Sync {

@@ -550,7 +550,7 @@ impl AnomalyModel for NfBmr {
         Ok(())
     }
     fn config(&self) -> DetectorConfig {
-        DetectorConfig::NfBmr(self.cfg.clone())
+        self.cfg.clone().into()
     }
     /// 0 gives the BMR map alone, standardised. For comparisons: the pixel threshold
     /// stays the one calibrated with the trained weight.
@@ -631,5 +631,94 @@ impl NfBmr {
             progress.report(Progress::Step { done: step + 1 });
         }
         Ok(steps)
+    }
+}
+
+impl super::method::MethodInfo for NfBmrConfig {
+    const NAME: &'static str = "nf-bmr";
+    const ALIASES: &'static [&'static str] = &["nfbmr"];
+    const SUMMARY: &'static str = "nf-bmr (normalizing flow + bidirectional mapping)";
+}
+
+impl super::method::MethodConfig for NfBmrConfig {
+    fn tap(&self) -> &FeatureTap {
+        &self.tap
+    }
+    fn tap_mut(&mut self) -> &mut FeatureTap {
+        &mut self.tap
+    }
+    fn score(&self) -> ScoreKind {
+        self.score
+    }
+    fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        self.score = k;
+        Ok(())
+    }
+    fn set_seed(&mut self, s: u64) {
+        self.seed = s;
+    }
+    fn options(&self) -> super::TrainOptions {
+        super::TrainOptions {
+            epochs: Some(self.flow_optim.epochs),
+            stages: Some(self.tap.stages.clone()),
+            hidden: Some(self.bmr.hidden),
+            flow_hidden: Some(self.flow.hidden),
+            flow_lr: Some(self.flow_optim.lr),
+            bmr_lr: Some(self.bmr_optim.lr),
+            global_stages: Some(self.tap.global_stages.clone()),
+            region_window: Some(self.region.window),
+            region_stride: Some(self.region.stride),
+            region_weight: Some(self.region.weight),
+            coreset_ratio: None,
+        }
+    }
+    fn take_options(&mut self, o: &mut super::TrainOptions) {
+        if let Some(e) = o.epochs.take() {
+            self.flow_optim.epochs = e;
+            self.bmr_optim.epochs = e;
+        }
+        if let Some(s) = o.stages.take() {
+            self.tap.stages = s;
+        }
+        if let Some(h) = o.hidden.take() {
+            self.bmr.hidden = h;
+            self.bmr.bottleneck = (h / 4).max(1);
+        }
+        if let Some(h) = o.flow_hidden.take() {
+            self.flow.hidden = h;
+        }
+        if let Some(l) = o.flow_lr.take() {
+            self.flow_optim.lr = l;
+        }
+        if let Some(l) = o.bmr_lr.take() {
+            self.bmr_optim.lr = l;
+        }
+        if let Some(g) = o.global_stages.take() {
+            // Without pooled stages the default score falls back to the map maximum (a
+            // score asked for by name is set afterwards and checked at training).
+            if g.is_empty() && self.score == ScoreKind::MapGlobal {
+                self.score = ScoreKind::MapMax;
+            }
+            self.tap.global_stages = g;
+        }
+        if let Some(w) = o.region_window.take() {
+            self.region.window = w;
+        }
+        if let Some(s) = o.region_stride.take() {
+            self.region.stride = s;
+        }
+        if let Some(w) = o.region_weight.take() {
+            self.region.weight = w;
+        }
+    }
+    fn train(&self, backbone: EfficientNet, files: &[PathBuf], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<(super::Model, TrainReport)> {
+        Ok(super::method::boxed(NfBmr::train(backbone, self.clone(), files, progress, cancel)?))
+    }
+    fn load(&self, backbone: EfficientNet, calibration: &Calibration, st: &StoredTensors) -> Result<super::Model> {
+        Ok(Box::new(NfBmr::load(backbone, self, calibration, st)?))
+    }
+    fn untrained(&self, backbone: EfficientNet, _bank_rows: usize) -> Result<super::Model> {
+        let dim = self.tap.stages.iter().map(|&s| backbone.config().stage_channels(s)).sum::<Result<usize>>()?;
+        Ok(Box::new(NfBmr::untrained(backbone, self.clone(), dim)?))
     }
 }

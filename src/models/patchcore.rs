@@ -245,7 +245,7 @@ impl AnomalyModel for PatchCore {
         Ok(())
     }
     fn config(&self) -> DetectorConfig {
-        DetectorConfig::PatchCore(self.cfg.clone())
+        self.cfg.clone().into()
     }
     fn bank_bytes(&self) -> Option<usize> {
         Some(self.bank.bytes())
@@ -284,5 +284,54 @@ mod tests {
         let d = pc.distances(&off).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = 0.5 * (dim as f32).sqrt();
         assert!(d.iter().all(|v| (v - want).abs() < 1e-2 * want), "{d:?} vs {want}");
+    }
+}
+
+impl super::method::MethodInfo for PatchCoreConfig {
+    const NAME: &'static str = "patchcore";
+    const ALIASES: &'static [&'static str] = &[];
+    const SUMMARY: &'static str = "patchcore (memory bank; the reference baseline)";
+}
+
+impl super::method::MethodConfig for PatchCoreConfig {
+    fn tap(&self) -> &FeatureTap {
+        &self.tap
+    }
+    fn tap_mut(&mut self) -> &mut FeatureTap {
+        &mut self.tap
+    }
+    fn score(&self) -> ScoreKind {
+        ScoreKind::MapMax
+    }
+    fn set_score(&mut self, k: ScoreKind) -> Result<()> {
+        if k == ScoreKind::MapMax {
+            Ok(())
+        } else {
+            Err(Error::Config(format!("patchcore's image score is the map maximum (map-max), not {k:?}")))
+        }
+    }
+    fn set_seed(&mut self, s: u64) {
+        self.seed = s;
+    }
+    /// PatchCore trains no network: no epochs, widths or learning rates.
+    fn options(&self) -> super::TrainOptions {
+        super::TrainOptions { stages: Some(self.tap.stages.clone()), coreset_ratio: Some(self.coreset_ratio), ..Default::default() }
+    }
+    fn take_options(&mut self, o: &mut super::TrainOptions) {
+        if let Some(s) = o.stages.take() {
+            self.tap.set_stages(s);
+        }
+        if let Some(r) = o.coreset_ratio.take() {
+            self.coreset_ratio = r;
+        }
+    }
+    fn train(&self, backbone: EfficientNet, files: &[PathBuf], progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<(super::Model, TrainReport)> {
+        Ok(super::method::boxed(PatchCore::train(backbone, self.clone(), files, progress, cancel)?))
+    }
+    fn load(&self, backbone: EfficientNet, calibration: &Calibration, st: &StoredTensors) -> Result<super::Model> {
+        Ok(Box::new(PatchCore::load(backbone, self, calibration, st)?))
+    }
+    fn untrained(&self, backbone: EfficientNet, bank_rows: usize) -> Result<super::Model> {
+        Ok(Box::new(PatchCore::untrained(backbone, self.clone(), bank_rows)?))
     }
 }
