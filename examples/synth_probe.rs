@@ -18,6 +18,7 @@ use flowspect::backbone::{self, BackboneMode};
 use flowspect::data::dataset;
 use flowspect::models::features::{self, FeatureTap};
 use flowspect::models::memory::{MemoryBank, patch_features};
+use flowspect::models::scoring;
 use flowspect::progress::{CancelToken, NoProgress};
 use std::path::PathBuf;
 
@@ -83,33 +84,15 @@ fn synthesise(x: &[f32], other: &[f32], s: usize, rng: &mut flowspect::rng::Rng)
 }
 
 /// Image maxima of per-position normalised maps (`te`, `ho`: [k * hw] row-major), with
-/// the held-out maps' per-position mean and a scale blending per-position and global
-/// spread (as `scoring::position_stats`); the held-out maxima are leave-one-out.
+/// the held-out maps' statistics as the methods normalise theirs
+/// (`scoring::position_stats`); the held-out maxima are leave-one-out.
 fn posnorm_max(te: &[f32], ho: &[f32], hw: usize) -> (Vec<f32>, Vec<f32>) {
-    let stats = |rows: Vec<&[f32]>| -> (Vec<f32>, Vec<f32>) {
-        let n = rows.len() as f32;
-        let mut mean = vec![0f32; hw];
-        for r in &rows {
-            for (a, v) in mean.iter_mut().zip(r.iter()) {
-                *a += v / n;
-            }
-        }
-        let mut var = vec![0f32; hw];
-        for r in &rows {
-            for ((a, v), m) in var.iter_mut().zip(r.iter()).zip(&mean) {
-                *a += (v - m).powi(2) / n;
-            }
-        }
-        let g = var.iter().sum::<f32>() / hw as f32;
-        (mean, var.iter().map(|v| (0.5 * v + 0.5 * g).sqrt().max(1e-6)).collect())
-    };
-    let zmax = |r: &[f32], (m, s): &(Vec<f32>, Vec<f32>)| r.iter().zip(m).zip(s).map(|((v, m), s)| (v - m) / s).fold(f32::NEG_INFINITY, f32::max);
-    let rows: Vec<&[f32]> = ho.chunks(hw).collect();
-    let all = stats(rows.clone());
-    let t = te.chunks(hw).map(|r| zmax(r, &all)).collect();
-    let h = (0..rows.len())
-        .map(|i| zmax(rows[i], &stats(rows.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| *r).collect())))
-        .collect();
+    let rows: Vec<Vec<f32>> = ho.chunks(hw).map(|r| r.to_vec()).collect();
+    let (mean, scale) = scoring::position_stats(rows.iter());
+    let max = |v: &mut dyn Iterator<Item = f32>| v.fold(f32::NEG_INFINITY, f32::max);
+    let t = te.chunks(hw).map(|r| max(&mut r.iter().zip(&mean).zip(&scale).map(|((v, m), s)| (v - m) / s))).collect();
+    let refs: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    let h = scoring::loo_position_normalise(&refs).iter().map(|r| max(&mut r.iter().copied())).collect();
     (t, h)
 }
 

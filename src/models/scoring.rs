@@ -250,7 +250,7 @@ pub fn default_threshold(cal: &Calibration) -> (f32, ThresholdRule) {
 
 /// Per-position mean, and a scale that blends the per-position and the global
 /// standard deviation (a few dozen images give a noisy per-position estimate).
-pub(crate) fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+pub fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
     let maps: Vec<&Vec<f32>> = maps.collect();
     let Some(first) = maps.first() else { return (Vec::new(), Vec::new()) };
     let n = maps.len() as f32;
@@ -274,7 +274,7 @@ pub(crate) fn position_stats<'a>(maps: impl Iterator<Item = &'a Vec<f32>>) -> (V
 
 /// Each map after position normalisation ([`position_stats`]) with the statistics of
 /// all the other maps (leave one out); fewer than three maps come back as they are.
-pub(crate) fn loo_position_normalise(maps: &[&[f32]]) -> Vec<Vec<f32>> {
+pub fn loo_position_normalise(maps: &[&[f32]]) -> Vec<Vec<f32>> {
     let n = maps.len();
     if n < 3 {
         return maps.iter().map(|m| m.to_vec()).collect();
