@@ -26,6 +26,10 @@ fn main() -> anyhow::Result<()> {
                 i += 1;
             }
             "--no-global" => how.global = false,
+            "--global-weight" => {
+                how.global_weight = a.get(i + 1).ok_or_else(|| anyhow::anyhow!("--global-weight needs a number"))?.parse()?;
+                i += 1;
+            }
             "--keep-calibration" => how.recalibrate = false,
             "--out" => {
                 out = a.get(i + 1).cloned();

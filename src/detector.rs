@@ -90,6 +90,14 @@ pub struct TaughtImage {
     /// SHA-256 of the file's bytes when it was taught.
     pub sha256: String,
     pub taught_unix: u64,
+    /// How many training images it counts as in a pooled-feature Gaussian (NF-BMR's
+    /// global score; 0: not absorbed there). Teaches before this option weighed 1.
+    #[serde(default = "one")]
+    pub global_weight: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What one [`Detector::teach`] did.
@@ -287,7 +295,7 @@ impl Detector {
             return Ok(report);
         }
         progress.report(Progress::Stage { name: "teaching: model".into(), total: 0 });
-        let prior = self.meta.training.n_train + self.meta.taught.len();
+        let prior = self.meta.training.n_train + self.meta.taught.iter().map(|t| t.global_weight).sum::<usize>();
         report.summary = self.model.teach(&feats.iter().collect::<Vec<_>>(), prior, how, progress, cancel)?;
         let recal = if how.recalibrate {
             self.recalibrate(progress, cancel)?
@@ -296,9 +304,10 @@ impl Detector {
         };
         report.summary = format!("{}; {recal}", report.summary);
         let now = crate::fsutil::unix_now();
+        let global_weight = if how.global { how.global_weight.max(1) } else { 0 };
         for f in &feats {
             if let Some((_, h)) = hashes.iter().find(|(q, _)| *q == f.path) {
-                self.meta.taught.push(TaughtImage { path: f.path.display().to_string(), sha256: h.clone(), taught_unix: now });
+                self.meta.taught.push(TaughtImage { path: f.path.display().to_string(), sha256: h.clone(), taught_unix: now, global_weight });
             }
             report.taught.push(f.path.clone());
         }

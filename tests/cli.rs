@@ -263,6 +263,27 @@ fn teach_adds_good_images_to_a_model() {
     for (a, b) in s0.iter().zip(&s1) {
         assert!(b.score < a.score, "{}: {} -> {}", a.path.display(), a.score, b.score);
     }
+    // Each taught image counts as 20 training images in the global Gaussian (the
+    // default): its distance falls further than when it counts as one.
+    assert!(so.contains("each counting as 20"), "{so}");
+    assert!(after.meta.taught.iter().all(|t| t.global_weight == 20));
+    let one = dir.path().join("t1.fsm");
+    let out = flowspect()
+        .args(["teach", "--model"])
+        .arg(&model)
+        .arg("--good")
+        .args(&goods[..2])
+        .arg("--out")
+        .arg(&one)
+        .args(["--device", "cpu", "--global-weight", "1", "--keep-calibration"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("each counting as 1"));
+    let (s_one, _) = flowspect::detector::Detector::load(&one, &dev).unwrap().score_paths(&goods[..2], &flowspect::progress::NoProgress, &cancel).unwrap();
+    for ((a, b), c) in s0.iter().zip(&s1).zip(&s_one) {
+        assert!(b.global < c.global && c.global < a.global, "{}: global distance {} untaught, {} weight 1, {} weight 20", a.path.display(), a.global, c.global, b.global);
+    }
     // The same images again: nothing to teach, an error, the file untouched.
     let again = dir.path().join("t2.fsm");
     let out = flowspect().args(["teach", "--model"]).arg(&taught).arg("--good").args(&goods[..2]).arg("--out").arg(&again).args(["--device", "cpu"]).output().unwrap();

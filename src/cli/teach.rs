@@ -28,6 +28,9 @@ pub struct TeachArgs {
     /// NF-BMR: leave the image score's pooled-feature Gaussian as trained.
     #[arg(long)]
     pub no_global: bool,
+    /// NF-BMR: how many training images each taught image counts as in that Gaussian.
+    #[arg(long, default_value_t = TeachConfig::default().global_weight)]
+    pub global_weight: usize,
     /// Keep the calibration and the threshold as they are instead of recalibrating on
     /// the held-out good images (faster for NF-BMR; the threshold then ignores the teach).
     #[arg(long)]
@@ -58,7 +61,7 @@ pub fn teach(a: TeachArgs) -> Result<()> {
     let mut det = Detector::load(&a.model, &dev)?;
     let paths = image_paths(&a.good)?;
     let progress = CliProgress::new();
-    let how = TeachConfig { global: !a.no_global, fine_tune_steps: a.fine_tune_steps, recalibrate: !a.keep_calibration };
+    let how = TeachConfig { global: !a.no_global, global_weight: a.global_weight, fine_tune_steps: a.fine_tune_steps, recalibrate: !a.keep_calibration };
     let r = det.teach(&paths, &how, &progress, &CancelToken::new())?;
     progress.finish();
     for (p, why) in &r.skipped {

@@ -564,8 +564,9 @@ impl AnomalyModel for NfBmr {
         self.calibrate_on(held_out)
     }
     /// The images' window means join the region bank (farthest first, a tenth of
-    /// them), their pooled features update the global Gaussian (weighed as `prior`
-    /// training images), and the BMR takes a few fine-tuning steps on them.
+    /// them), their pooled features update the global Gaussian (each weighing as
+    /// `how.global_weight` images against the `prior` it holds), and the BMR takes a
+    /// few fine-tuning steps on them (none by default).
     fn teach(&mut self, feats: &[&ImageFeatures], prior: usize, how: &TeachConfig, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<String> {
         let ys: Vec<Tensor> = feats
             .iter()
@@ -584,9 +585,12 @@ impl AnomalyModel for NfBmr {
             said.push(format!("region bank {before} -> {} rows (+{added})", before + added));
         }
         if let Some(g) = self.global.as_mut().filter(|_| how.global) {
-            let pooled: Vec<&[Vec<f32>]> = feats.iter().map(|f| f.global.as_slice()).collect();
+            // Each taught image counts as `global_weight` training images (its pooled
+            // vector absorbed that many times).
+            let k = how.global_weight.max(1);
+            let pooled: Vec<&[Vec<f32>]> = feats.iter().flat_map(|f| std::iter::repeat_n(f.global.as_slice(), k)).collect();
             g.absorb(&pooled, prior.max(2), self.cfg.global_shrinkage)?;
-            said.push(format!("global Gaussian updated ({prior} + {} images)", feats.len()));
+            said.push(format!("global Gaussian updated ({prior} + {} images, each counting as {k})", feats.len()));
         }
         if how.fine_tune_steps > 0 {
             let steps = self.fine_tune_bmr(&ys, how.fine_tune_steps, progress, cancel)?;
