@@ -262,9 +262,11 @@ impl MemFlow {
         let mut flows = Vec::new();
         let mut flow_vars = Vec::new();
         let mut flow_norm = Vec::new();
-        for s in &fsl {
+        for (i, s) in fsl.iter().enumerate() {
             let vm = VarMap::new();
             flows.push(RealNvp::new(VarBuilder::from_varmap(&vm, DType::F32, &device), s.channels, &cfg.flow, true)?);
+            // Seeded initial weights: the same config trains the same model, `--seed` another.
+            training::seeded_init(&vm, (cfg.seed ^ (cfg.flow.seed << 32)).wrapping_add(i as u64))?;
             flow_vars.push(vm);
             flow_norm.push((Tensor::zeros(s.channels, DType::F32, &device)?, Tensor::ones(s.channels, DType::F32, &device)?));
         }

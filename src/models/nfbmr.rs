@@ -137,6 +137,9 @@ fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap,
     let flow = RealNvp::new(VarBuilder::from_varmap(&fv, DType::F32, device), dim, &cfg.flow, true)?;
     let bv = VarMap::new();
     let bmr = Bmr::new(VarBuilder::from_varmap(&bv, DType::F32, device), dim, &cfg.bmr)?;
+    // Seeded initial weights: the same config trains the same model, `--seed` another.
+    training::seeded_init(&fv, cfg.seed ^ (cfg.flow.seed << 32))?;
+    training::seeded_init(&bv, cfg.seed.wrapping_add(3))?;
     Ok((fv, flow, bv, bmr))
 }
 

@@ -145,3 +145,74 @@ pub fn fit(
     hist.seconds = start.elapsed().as_secs_f64();
     Ok(hist)
 }
+
+/// Draws every randomly initialised variable of `vm` again from a seeded generator, with
+/// candle_nn::linear's distributions (weights Kaiming-normal over the fan-in, biases
+/// uniform in +-1/sqrt(fan-in)): candle's CPU generator cannot be seeded, so without
+/// this two trainings with the same seed differ. Variables that start at zero (the flow
+/// couplings' last layers) stay zero. Names are visited in sorted order.
+pub fn seeded_init(vm: &VarMap, seed: u64) -> Result<()> {
+    let data = vm.data().lock().map_err(|_| Error::Data("weights lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = Rng::new(seed);
+    for name in names {
+        let var = &data[name];
+        let t = var.as_tensor();
+        if t.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? == 0.0 {
+            continue;
+        }
+        let dims = t.dims().to_vec();
+        let fan_in = if name.ends_with("bias") {
+            let w = name.trim_end_matches("bias").to_string() + "weight";
+            match data.get(&w) {
+                Some(w) => w.as_tensor().dims().iter().skip(1).product::<usize>(),
+                None => continue,
+            }
+        } else {
+            dims.iter().skip(1).product::<usize>()
+        }
+        .max(1) as f64;
+        let n = t.elem_count();
+        let v: Vec<f64> = if name.ends_with("bias") {
+            let b = 1.0 / fan_in.sqrt();
+            (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * b).collect()
+        } else if name.ends_with("weight") {
+            let sd = (2.0 / fan_in).sqrt();
+            (0..n).map(|_| rng.normal() * sd).collect()
+        } else {
+            continue;
+        };
+        var.set(&Tensor::from_vec(v, dims, t.device())?.to_dtype(t.dtype())?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod seeded_init_tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::{Init, VarBuilder};
+
+    #[test]
+    fn seeded_init_draws_candles_distributions_and_keeps_zero_layers() {
+        let draw = |seed| {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let l = candle_nn::linear(400, 300, vb.pp("a")).unwrap();
+            let z = vb.pp("z").get_with_hints((5, 4), "weight", Init::Const(0.0)).unwrap();
+            seeded_init(&vm, seed).unwrap();
+            let w = l.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = l.bias().unwrap().to_vec1::<f32>().unwrap();
+            (w, b, z.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+        };
+        let (w, b, z) = draw(1);
+        let sd = (w.iter().map(|v| (v * v) as f64).sum::<f64>() / w.len() as f64).sqrt();
+        assert!((sd - (2.0f64 / 400.0).sqrt()).abs() < 0.002, "weight sd {sd}");
+        let bound = 1.0 / 20.0;
+        assert!(b.iter().all(|v| v.abs() <= bound) && b.iter().any(|v| v.abs() > 0.8 * bound), "bias not uniform in +-{bound}");
+        assert_eq!(z, 0.0, "a zero-initialised layer stays zero");
+        assert_eq!(draw(1).0, w);
+        assert_ne!(draw(2).0, w);
+    }
+}
