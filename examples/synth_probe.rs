@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
     let n_anom = anom.len();
     let psy = xsy.index_select(&Tensor::new(anom, &dev)?, 0)?;
     eprintln!("{n_anom} synthetic anomalous patches");
+    let gas_steps: usize = std::env::var("GAS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let syn_flags: Vec<bool> = std::env::var("SYN").map(|v| v.split(',').map(|f| f != "0").collect()).unwrap_or(vec![true]);
     let pte = xte.reshape((m * h * w, c))?;
     // Nearest-neighbour baseline (NN=0 skips it: a full set's patches take long).
@@ -243,6 +244,27 @@ fn main() -> anyhow::Result<()> {
             let ts = disc(&q)?;
             let fs = disc(&fake)?;
             let mut loss = ((ts.affine(-1.0, 0.5)?.relu()?.mean_all()? + fs.affine(1.0, 0.5)?.relu()?.mean_all()?))?;
+            if gas_steps > 0 {
+                // GLASS's gradient-ascent synthesis: push the noisy features up the
+                // discriminator's "good" output (ascent on its loss for them as
+                // anomalies: hard negatives), each step normalised, then projected back
+                // into the band [r, 2r] around the good feature.
+                let qd = q.detach();
+                let mut h = fake.detach();
+                let r = sigma * (c as f64).sqrt();
+                for _ in 0..gas_steps {
+                    let v = candle_core::Var::from_tensor(&h)?;
+                    let g = disc(v.as_tensor())?.sum_all()?.backward()?;
+                    let g = g.get(v.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient"))?.clone();
+                    let gn = g.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+                    h = (h + (g.broadcast_div(&gn)? * (0.1 * r))?)?;
+                    let d = (&h - &qd)?;
+                    let dn = d.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+                    let a = dn.clamp(r, 2.0 * r)?;
+                    h = (&qd + d.broadcast_mul(&(a / &dn)?)?)?;
+                }
+                loss = (loss + disc(&h.detach())?.affine(1.0, 0.5)?.relu()?.mean_all()?)?;
+            }
             if use_syn {
                 let idx: Vec<u32> = (0..batch / 2).map(|_| (rng.next_u64() % n_anom as u64) as u32).collect();
                 let sy = adaptor.forward(&psy.index_select(&Tensor::new(idx, &dev)?, 0)?)?;
