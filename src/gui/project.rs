@@ -170,7 +170,7 @@ pub fn save_scores(path: &Path, model: &Path, results: &[&ScoredImage]) -> flows
             height: r.height,
             map_side: r.map_side,
         });
-        for v in &r.map {
+        for v in r.map.iter() {
             data.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -224,7 +224,7 @@ pub fn load_scores(path: &Path, model: &Path, wanted: &[PathBuf]) -> flowspect::
                 score: im.score,
                 width: im.width,
                 height: im.height,
-                map: raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                map: raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>().into(),
                 map_side: im.map_side,
             }),
             _ => out.stale.push(p.clone()),
@@ -249,7 +249,7 @@ mod tests {
         let results: Vec<ScoredImage> = imgs
             .iter()
             .enumerate()
-            .map(|(i, p)| ScoredImage { path: p.clone(), score: i as f32 + 0.5, width: 10, height: 20, map: vec![i as f32; 4], map_side: 2 })
+            .map(|(i, p)| ScoredImage { path: p.clone(), score: i as f32 + 0.5, width: 10, height: 20, map: vec![i as f32; 4].into(), map_side: 2 })
             .collect();
         let cache = scores_path(&d.path().join("w.fsproj"));
         assert_eq!(cache.extension().unwrap(), "fsscores");
@@ -259,7 +259,7 @@ mod tests {
         std::fs::write(&imgs[1], b"changed").unwrap();
         let r = load_scores(&cache, &model, &imgs).unwrap().unwrap();
         assert_eq!(r.results.len(), 1);
-        assert_eq!((r.results[0].score, &r.results[0].map, r.results[0].height), (0.5, &vec![0.0; 4], 20));
+        assert_eq!((r.results[0].score, r.results[0].map.as_slice(), r.results[0].height), (0.5, &[0.0f32; 4][..], 20));
         assert_eq!(r.stale, imgs[1..].to_vec());
         // Another model: nothing comes back.
         std::fs::write(&model, b"model two").unwrap();

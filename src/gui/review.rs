@@ -253,7 +253,7 @@ fn update_textures(ctx: &egui::Context, app: &mut App) {
         let hi = (2.0 * pthr).max(1e-6);
         let s = r.map_side;
         let mut img = ColorImage::filled([s, s], Color32::TRANSPARENT);
-        for (p, &m) in img.pixels.iter_mut().zip(&r.map) {
+        for (p, &m) in img.pixels.iter_mut().zip(r.map.iter()) {
             let c = colormap(cm, m / hi);
             *p = Color32::from_rgb(c[0], c[1], c[2]);
         }

@@ -122,8 +122,9 @@ pub struct ScoredImage {
     pub score: f32,
     pub width: u32,
     pub height: u32,
-    /// Anomaly map, `MAP_SIDE x MAP_SIDE` (or smaller), row-major, covering the whole image.
-    pub map: Vec<f32>,
+    /// Anomaly map, `MAP_SIDE x MAP_SIDE` (or smaller), row-major, covering the whole image
+    /// (shared: the review, the reports and the kept scores clone results freely).
+    pub map: std::sync::Arc<Vec<f32>>,
     pub map_side: usize,
 }
 
@@ -403,7 +404,7 @@ fn score(det: &Detector, samples: &[Sample], sink: &Sink, cancel: &CancelToken) 
                     score: s.score,
                     width: s.width,
                     height: s.height,
-                    map,
+                    map: map.into(),
                     map_side: side,
                 }
             })
