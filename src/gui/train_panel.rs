@@ -76,11 +76,20 @@ pub fn train_ui(ui: &mut egui::Ui, app: &mut App) {
         });
         egui::CollapsingHeader::new("Advanced").id_salt("advanced").show(ui, |ui| {
             let s = &mut app.settings.train;
+            // Only the widths the method has (patchcore trains no network).
+            let own = DetectorConfig::default_for(s.method).options();
             ui.horizontal(|ui| {
-                let l = ui.label("Flow hidden width");
-                ui.add(egui::DragValue::new(&mut s.flow_hidden).range(8..=4096)).labelled_by(l.id);
-                let l = ui.label("BMR hidden width");
-                ui.add(egui::DragValue::new(&mut s.bmr_hidden).range(8..=4096)).labelled_by(l.id);
+                if own.flow_hidden.is_some() {
+                    let l = ui.label("Flow hidden width");
+                    ui.add(egui::DragValue::new(&mut s.flow_hidden).range(8..=4096)).labelled_by(l.id);
+                }
+                if own.hidden.is_some() {
+                    let l = ui.label("BMR hidden width");
+                    ui.add(egui::DragValue::new(&mut s.bmr_hidden).range(8..=4096)).labelled_by(l.id);
+                }
+                if own.flow_hidden.is_none() && own.hidden.is_none() {
+                    ui.label(format!("{} has no network widths to set", s.method));
+                }
             });
         });
     });
