@@ -304,7 +304,7 @@ impl Detector {
         };
         report.summary = format!("{}; {recal}", report.summary);
         let now = crate::fsutil::unix_now();
-        let global_weight = if how.global { how.global_weight.max(1) } else { 0 };
+        let global_weight = how.effective_global_weight();
         for f in &feats {
             if let Some((_, h)) = hashes.iter().find(|(q, _)| *q == f.path) {
                 self.meta.taught.push(TaughtImage { path: f.path.display().to_string(), sha256: h.clone(), taught_unix: now, global_weight });

@@ -262,11 +262,9 @@ impl MemFlow {
         let mut flows = Vec::new();
         let mut flow_vars = Vec::new();
         let mut flow_norm = Vec::new();
-        for (i, s) in fsl.iter().enumerate() {
+        for s in &fsl {
             let vm = VarMap::new();
             flows.push(RealNvp::new(VarBuilder::from_varmap(&vm, DType::F32, &device), s.channels, &cfg.flow, true)?);
-            // Seeded initial weights: the same config trains the same model, `--seed` another.
-            training::seeded_init(&vm, (cfg.seed ^ (cfg.flow.seed << 32)).wrapping_add(i as u64))?;
             flow_vars.push(vm);
             flow_norm.push((Tensor::zeros(s.channels, DType::F32, &device)?, Tensor::ones(s.channels, DType::F32, &device)?));
         }
@@ -300,6 +298,11 @@ impl MemFlow {
         let (tr, va) = features::hold_out(&feats, cfg.val_fraction);
         let mut model = Self::untrained(backbone, cfg, 0)?;
         let cfg = model.cfg.clone();
+        // Seeded initial weights: the same config trains the same model, `--seed` another
+        // (only here: a loaded model's weights are overwritten anyway).
+        for (i, vm) in model.flow_vars.iter().enumerate() {
+            training::seeded_init(vm, (cfg.seed ^ (cfg.flow.seed << 32)).wrapping_add(i as u64))?;
+        }
 
         // The memory bank.
         let bsl = model.bank_slices()?;

@@ -102,6 +102,14 @@ pub struct TeachConfig {
     pub recalibrate: bool,
 }
 
+impl TeachConfig {
+    /// How many training images each taught image counts as in a pooled-feature
+    /// Gaussian: 0 when the Gaussian is left as trained, at least 1 otherwise.
+    pub fn effective_global_weight(&self) -> usize {
+        if self.global { self.global_weight.max(1) } else { 0 }
+    }
+}
+
 impl Default for TeachConfig {
     fn default() -> Self {
         // 30 BMR steps cost 40 s on 10 images, lowered no held-apart score on either dev

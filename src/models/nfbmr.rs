@@ -137,9 +137,6 @@ fn build_nets(dim: usize, cfg: &NfBmrConfig, device: &Device) -> Result<(VarMap,
     let flow = RealNvp::new(VarBuilder::from_varmap(&fv, DType::F32, device), dim, &cfg.flow, true)?;
     let bv = VarMap::new();
     let bmr = Bmr::new(VarBuilder::from_varmap(&bv, DType::F32, device), dim, &cfg.bmr)?;
-    // Seeded initial weights: the same config trains the same model, `--seed` another.
-    training::seeded_init(&fv, cfg.seed ^ (cfg.flow.seed << 32))?;
-    training::seeded_init(&bv, cfg.seed.wrapping_add(3))?;
     Ok((fv, flow, bv, bmr))
 }
 
@@ -233,6 +230,10 @@ impl NfBmr {
         let yva: Vec<Tensor> = va.iter().map(|f| norm(f)).collect::<Result<_>>()?;
         let dim = ytr[0].dim(D::Minus1)?;
         let (fv, flow, bv, bmr) = build_nets(dim, &cfg, &device)?;
+        // Seeded initial weights: the same config trains the same model, `--seed` another
+        // (only here: a loaded model's weights are overwritten anyway).
+        training::seeded_init(&fv, cfg.seed ^ (cfg.flow.seed << 32))?;
+        training::seeded_init(&bv, cfg.seed.wrapping_add(3))?;
         let region_bank = if cfg.region.enabled() { Some(region::fit_bank(&ytr, &cfg.region, cfg.seed + 2)?) } else { None };
 
         let stack = |set: &[Tensor], idx: &[usize]| -> Result<Tensor> {
@@ -587,10 +588,10 @@ impl AnomalyModel for NfBmr {
             let added = bank.extend_farthest(&cand, want.max(ys.len()), cancel)?;
             said.push(format!("region bank {before} -> {} rows (+{added})", before + added));
         }
-        if let Some(g) = self.global.as_mut().filter(|_| how.global) {
-            // Each taught image counts as `global_weight` training images (its pooled
-            // vector absorbed that many times).
-            let k = how.global_weight.max(1);
+        let k = how.effective_global_weight();
+        if let Some(g) = self.global.as_mut().filter(|_| k > 0) {
+            // Each taught image counts as `k` training images (its pooled vector
+            // absorbed that many times).
             let pooled: Vec<&[Vec<f32>]> = feats.iter().flat_map(|f| std::iter::repeat_n(f.global.as_slice(), k)).collect();
             g.absorb(&pooled, prior.max(2), self.cfg.global_shrinkage)?;
             said.push(format!("global Gaussian updated ({prior} + {} images, each counting as {k})", feats.len()));
